@@ -1,0 +1,269 @@
+"""The run record: one directory per run, the only schema every reader and writer uses.
+
+Layout of a run directory (``run_dir_for`` names it)::
+
+    <out_dir>/<experiment>/<task>/<method>/seed<seed>-<hash8>/
+        config.yaml           the resolved configuration
+        metrics.jsonl         one MetricRow per line
+        adapter.safetensors   the trained dynamic adapter (and trainable head)
+        env.json              versions, git commit, device, parameter counts, timings
+        checkpoint/           training state while the run is unfinished
+        DONE                  written last: sha256 of metrics.jsonl and adapter.safetensors
+
+Every file is written atomically (temporary file, fsync, rename), so a run killed at any
+moment leaves either the old file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import yaml
+
+from dylora.errors import RecordError
+
+CONFIG = "config.yaml"
+METRICS = "metrics.jsonl"
+ADAPTER = "adapter.safetensors"
+ENV = "env.json"
+DONE = "DONE"
+CHECKPOINT = "checkpoint"
+
+# Keys that only say where outputs go: they never change a result, so they are not hashed.
+OUTPUT_KEYS = ("out_dir", "results_dir", "logger")
+
+
+@dataclass(frozen=True)
+class MetricRow:
+    """One number: ``task`` and ``method`` are config names (``sst2``, ``dylora_frozen``)."""
+
+    task: str
+    method: str
+    seed: int
+    rank: int
+    split: str
+    metric: str
+    value: float
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "MetricRow":
+        names = [f.name for f in fields(cls)]
+        missing = [n for n in names if n not in d]
+        if missing:
+            raise RecordError(f"metric row {d!r} lacks {missing}")
+        row = cls(
+            task=str(d["task"]),
+            method=str(d["method"]),
+            seed=int(d["seed"]),
+            rank=int(d["rank"]),
+            split=str(d["split"]),
+            metric=str(d["metric"]),
+            value=float(d["value"]),
+        )
+        return row
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """sha256 of the canonical JSON of ``config`` without its output keys."""
+    kept = {k: v for k, v in config.items() if k not in OUTPUT_KEYS}
+    text = json.dumps(kept, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def run_dir_for(out_dir: str | Path, config: dict[str, Any]) -> Path:
+    """The run directory for a resolved config (needs experiment, task.name, method.name, seed)."""
+    try:
+        experiment = config["experiment"]
+        task = config["task"]["name"]
+        method = config["method"]["name"]
+        seed = config["seed"]
+    except (KeyError, TypeError) as e:
+        raise RecordError(f"config lacks {e} needed to name its run directory") from e
+    return Path(out_dir) / str(experiment) / str(task) / str(method) / f"seed{seed}-{config_hash(config)[:8]}"
+
+
+# ---------------------------------------------------------------------------- atomic writes
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------- writers
+
+
+def write_config(run_dir: str | Path, config: dict[str, Any]) -> None:
+    atomic_write_text(Path(run_dir) / CONFIG, yaml.safe_dump(config, sort_keys=False))
+
+
+def write_metrics(run_dir: str | Path, rows: Iterable[MetricRow]) -> None:
+    """Write (replace) ``metrics.jsonl`` with ``rows``; NaN values are refused."""
+    lines = []
+    for row in rows:
+        if not math.isfinite(row.value):
+            raise RecordError(f"metric {row.metric} at rank {row.rank} is {row.value}, not a finite number")
+        lines.append(json.dumps(asdict(row), sort_keys=False))
+    atomic_write_text(Path(run_dir) / METRICS, "".join(line + "\n" for line in lines))
+
+
+def write_env(run_dir: str | Path, env: dict[str, Any]) -> None:
+    atomic_write_json(Path(run_dir) / ENV, env)
+
+
+def mark_done(run_dir: str | Path) -> None:
+    """Write the completion marker last, with checksums of the files it vouches for."""
+    run_dir = Path(run_dir)
+    sums = {name: sha256_file(run_dir / name) for name in (METRICS, ADAPTER) if (run_dir / name).exists()}
+    if METRICS not in sums:
+        raise RecordError(f"{run_dir} has no {METRICS}; a run is marked done only after its metrics exist")
+    atomic_write_json(run_dir / DONE, {"sha256": sums})
+
+
+# ---------------------------------------------------------------------------- readers
+
+
+def read_config(run_dir: str | Path) -> dict[str, Any]:
+    path = Path(run_dir) / CONFIG
+    try:
+        config = yaml.safe_load(path.read_text())
+    except FileNotFoundError as e:
+        raise RecordError(f"{path} is missing") from e
+    except yaml.YAMLError as e:
+        raise RecordError(f"{path} is not valid YAML: {e}") from e
+    if not isinstance(config, dict):
+        raise RecordError(f"{path} does not hold a mapping")
+    return config
+
+
+def read_metrics(run_dir: str | Path) -> list[MetricRow]:
+    path = Path(run_dir) / METRICS
+    if not path.exists():
+        return []
+    rows = []
+    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(MetricRow.from_dict(json.loads(line)))
+        except (json.JSONDecodeError, ValueError, TypeError, RecordError) as e:
+            raise RecordError(f"{path}:{lineno} is not a valid metric row ({e})") from e
+    return rows
+
+
+def read_env(run_dir: str | Path) -> dict[str, Any]:
+    path = Path(run_dir) / ENV
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise RecordError(f"{path} is not valid JSON: {e}") from e
+
+
+def verify_done(run_dir: str | Path) -> bool:
+    """True when DONE exists and every checksum in it matches; RecordError when it does not."""
+    run_dir = Path(run_dir)
+    marker = run_dir / DONE
+    if not marker.exists():
+        return False
+    try:
+        sums = json.loads(marker.read_text())["sha256"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise RecordError(f"{marker} is corrupted ({e}); delete {run_dir} to run it again") from e
+    for name, expected in sums.items():
+        path = run_dir / name
+        if not path.exists() or sha256_file(path) != expected:
+            raise RecordError(
+                f"{path} does not match the checksum in {marker}: the record is corrupted; "
+                f"delete {run_dir} to run it again"
+            )
+    return True
+
+
+@dataclass
+class RunRecord:
+    """A run directory as read back: ``done`` only when DONE verified."""
+
+    path: Path
+    config: dict[str, Any]
+    metrics: list[MetricRow]
+    env: dict[str, Any]
+    done: bool
+    problem: str | None = None  # why the record cannot be used, when it cannot
+
+    @property
+    def experiment(self) -> str:
+        return str(self.config.get("experiment", ""))
+
+    @property
+    def task(self) -> str:
+        return str(self.config.get("task", {}).get("name", ""))
+
+    @property
+    def method(self) -> str:
+        return str(self.config.get("method", {}).get("name", ""))
+
+    @property
+    def seed(self) -> int:
+        return int(self.config.get("seed", -1))
+
+
+def read_run(run_dir: str | Path) -> RunRecord:
+    """Read one run directory; problems are reported in ``problem``, never raised."""
+    run_dir = Path(run_dir)
+    try:
+        config = read_config(run_dir)
+    except RecordError as e:
+        return RunRecord(run_dir, {}, [], {}, False, str(e))
+    try:
+        done = verify_done(run_dir)
+        metrics = read_metrics(run_dir)
+        env = read_env(run_dir)
+    except RecordError as e:
+        return RunRecord(run_dir, config, [], {}, False, str(e))
+    return RunRecord(run_dir, config, metrics, env, done, None if done else "unfinished (no DONE marker)")
+
+
+def iter_runs(root: str | Path) -> Iterator[RunRecord]:
+    """Every run directory (one holding config.yaml) under ``root``, in a stable order."""
+    root = Path(root)
+    if not root.exists():
+        return
+    for config_path in sorted(root.rglob(CONFIG)):
+        if CHECKPOINT in config_path.parts or ".hydra" in config_path.parts:
+            continue
+        yield read_run(config_path.parent)
