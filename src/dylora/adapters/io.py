@@ -1,0 +1,168 @@
+"""Saving adapters: the full dynamic adapter as safetensors, and a fixed rank as a PEFT adapter.
+
+The dynamic file holds every adapter's A and B at r_max, the trainable head, and the
+AdapterConfig as JSON metadata; it is read back with safetensors alone (nothing is unpickled).
+
+A PEFT export at rank b is a standard LoRA adapter directory (``adapter_config.json`` +
+``adapter_model.safetensors``). PEFT's scale is lora_alpha / r, so lora_alpha is chosen to give
+our s(b). GPT-2's q/v-only ``c_attn`` becomes one rank-2b adapter on the whole ``c_attn`` whose
+A stacks [A_q; A_v] and whose B is block-diagonal over the q and v output blocks (zero on k):
+exactly our update, with lora_alpha = 2 * s(b) * b.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from dylora.adapters.config import AdapterConfig
+from dylora.adapters.layer import DyLoRALayer
+from dylora.adapters.model import adapter_config, adapter_layers, add_adapters, head_modules
+from dylora.errors import ConfigError, RecordError
+
+FORMAT = "dylora-adapter-v1"
+
+
+def _head_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    state = {}
+    for head in head_modules(model):
+        for name, tensor in model.get_submodule(head).state_dict().items():
+            state[f"{head}.{name}"] = tensor
+    return state
+
+
+def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every adapter's lora_A/lora_B (at r_max) and the trainable head, by module path."""
+    state = {}
+    for name, layer in adapter_layers(model):
+        state[f"{name}.lora_A"] = layer.lora_A
+        state[f"{name}.lora_B"] = layer.lora_B
+    state.update(_head_state(model))
+    return {k: v.detach().cpu().contiguous() for k, v in state.items()}
+
+
+def save_adapter(model: nn.Module, path: str | Path) -> None:
+    """Write the full dynamic adapter to one safetensors file (atomically)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    metadata = {"format": FORMAT, "config": json.dumps(adapter_config(model).to_dict())}
+    save_file(adapter_state_dict(model), str(tmp), metadata=metadata)
+    tmp.replace(path)
+
+
+def read_adapter_config(path: str | Path) -> AdapterConfig:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+    except Exception as e:  # safetensors raises its own error types for truncated/corrupt files
+        raise RecordError(f"{path} is not a readable safetensors file ({e})") from e
+    if metadata.get("format") != FORMAT:
+        raise RecordError(f"{path} is not a DyLoRA adapter file (format {metadata.get('format')!r})")
+    return AdapterConfig.from_dict(json.loads(metadata["config"]))
+
+
+def load_adapter(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load a dynamic adapter into ``model``, adding the adapters first if it has none."""
+    config = read_adapter_config(path)
+    if not any(True for _ in adapter_layers(model)):
+        add_adapters(model, config)
+    elif adapter_config(model).to_dict() != config.to_dict():
+        raise ConfigError(f"{path} was saved with {config}, but the model's adapters use {adapter_config(model)}")
+    expected = adapter_state_dict(model).keys()
+    with safe_open(str(path), framework="pt") as f:
+        keys = set(f.keys())
+        if keys != set(expected):
+            raise RecordError(
+                f"{path} does not fit this model: missing {sorted(set(expected) - keys)[:5]}, "
+                f"unexpected {sorted(keys - set(expected))[:5]}"
+            )
+        with torch.no_grad():
+            for name, layer in adapter_layers(model):
+                layer.lora_A.copy_(f.get_tensor(f"{name}.lora_A"))
+                layer.lora_B.copy_(f.get_tensor(f"{name}.lora_B"))
+            for head in head_modules(model):
+                module = model.get_submodule(head)
+                module.load_state_dict({k[len(head) + 1 :]: f.get_tensor(k) for k in keys if k.startswith(head + ".")})
+    return model
+
+
+# ---------------------------------------------------------------------------- PEFT
+
+
+def _base_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` with every adapter layer replaced by its (unmerged) base layer."""
+    clone = copy.deepcopy(model)
+    for name, layer in list(adapter_layers(clone)):
+        layer.unmerge()
+        parent_name, _, child = name.rpartition(".")
+        setattr(clone.get_submodule(parent_name) if parent_name else clone, child, layer.base)
+    return clone
+
+
+def _task_type(model: nn.Module) -> str | None:
+    cls = type(model).__name__
+    if cls.endswith("ForSequenceClassification"):
+        return "SEQ_CLS"
+    if cls.endswith("LMHeadModel") or cls.endswith("ForCausalLM"):
+        return "CAUSAL_LM"
+    return None
+
+
+def peft_lora_config(model: nn.Module, rank: int, base_model_name_or_path: str | None = None):
+    """The peft.LoraConfig whose adapters equal ours truncated to ``rank``."""
+    from peft import LoraConfig
+
+    config = adapter_config(model)
+    config.check_rank(rank)
+    layers = dict(adapter_layers(model))
+    slices = {len(layer.out_slices) for layer in layers.values()}
+    fan = {layer.fan_in_fan_out for layer in layers.values()}
+    if len(slices) != 1 or len(fan) != 1:
+        raise ConfigError("PEFT export needs every adapted layer to be of one kind (all Linear or all GPT-2 c_attn)")
+    n = slices.pop()
+    return LoraConfig(
+        r=n * rank,
+        lora_alpha=config.scale(rank) * n * rank,  # PEFT scales by lora_alpha / r
+        lora_dropout=config.dropout,
+        target_modules=sorted(layers),
+        fan_in_fan_out=fan.pop(),
+        modules_to_save=head_modules(model) or None,
+        task_type=_task_type(model),
+        bias="none",
+        base_model_name_or_path=base_model_name_or_path or getattr(model.config, "_name_or_path", None) or None,
+    )
+
+
+def _peft_weights(layer: DyLoRALayer, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """PEFT's lora_A (n*b x d_in) and lora_B (d_out x n*b) for a layer at rank b."""
+    a, b = layer.lora_A[:, :rank].detach(), layer.lora_B[:, :, :rank].detach()
+    n = a.shape[0]
+    d_out = layer.base.weight.shape[1] if layer.fan_in_fan_out else layer.base.weight.shape[0]
+    big_b = a.new_zeros(d_out, n * rank)
+    for s, (lo, hi) in enumerate(layer.out_slices):
+        big_b[lo:hi, s * rank : (s + 1) * rank] = b[s]
+    return a.flatten(0, 1), big_b
+
+
+def export_peft(model: nn.Module, rank: int, out_dir: str | Path, base_model_name_or_path: str | None = None) -> Path:
+    """Write a standard PEFT LoRA adapter directory equal to our adapter at ``rank`` (head included)."""
+    from peft import get_peft_model
+
+    lora_config = peft_lora_config(model, rank, base_model_name_or_path)
+    peft_model = get_peft_model(_base_copy(model), lora_config)
+    with torch.no_grad():
+        for name, layer in adapter_layers(model):
+            target = peft_model.base_model.model.get_submodule(name)
+            a, b = _peft_weights(layer, rank)
+            target.lora_A["default"].weight.copy_(a)
+            target.lora_B["default"].weight.copy_(b)
+    out_dir = Path(out_dir)
+    peft_model.save_pretrained(str(out_dir))
+    return out_dir

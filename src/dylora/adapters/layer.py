@@ -1,0 +1,132 @@
+"""The adapted layer: a frozen base linear map plus a low-rank update truncatable to any rank.
+
+At rank b the layer computes ``W0 x + s(b) * B[:, :b] @ A[:b] @ dropout(x)`` on each of its
+output slices: one slice covering every output for a plain linear layer, or GPT-2's query and
+value blocks inside the fused ``c_attn`` (as the LoRA paper adapts it), each slice with its
+own A and B. Parameters are stacked per slice: ``lora_A`` is (slices, r_max, d_in) and
+``lora_B`` is (slices, d_slice, r_max), so row i of A pairs with column i of B.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from dylora.adapters.config import AdapterConfig
+from dylora.errors import ConfigError
+
+
+def base_dims(base: nn.Module) -> tuple[int, int, bool]:
+    """(d_in, d_out, fan_in_fan_out) of an nn.Linear or a GPT-2 Conv1D (weight stored d_in x d_out)."""
+    if isinstance(base, nn.Linear):
+        return base.in_features, base.out_features, False
+    if isinstance(base, Conv1D):
+        d_in, d_out = base.weight.shape
+        return d_in, d_out, True
+    raise ConfigError(f"cannot adapt a {type(base).__name__}: only nn.Linear and GPT-2 Conv1D are supported")
+
+
+class DyLoRALayer(nn.Module):
+    """A frozen ``base`` layer with a dynamic low-rank adapter on ``out_slices`` of its output."""
+
+    def __init__(self, base: nn.Module, config: AdapterConfig, out_slices: list[tuple[int, int]] | None = None):
+        super().__init__()
+        d_in, d_out, self.fan_in_fan_out = base_dims(base)
+        self.base = base
+        self.config = config
+        self.out_slices = out_slices or [(0, d_out)]
+        sizes = {hi - lo for lo, hi in self.out_slices}
+        if len(sizes) != 1 or any(not 0 <= lo < hi <= d_out for lo, hi in self.out_slices):
+            raise ConfigError(f"output slices {self.out_slices} must be equal-sized ranges inside 0..{d_out}")
+        d_slice = sizes.pop()
+        n = len(self.out_slices)
+        weight = base.weight
+        self.lora_A = nn.Parameter(weight.new_empty(n, config.r_max, d_in))
+        self.lora_B = nn.Parameter(weight.new_zeros(n, d_slice, config.r_max))
+        for a in self.lora_A:  # the LoRA code's init: A Kaiming-uniform(a=sqrt 5), B zero
+            nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+        self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+        self._full_output = self.out_slices == [(0, d_out)]
+        self.register_buffer(
+            "_out_index", torch.cat([torch.arange(lo, hi) for lo, hi in self.out_slices]), persistent=False
+        )
+        self.rank = config.r_max
+        self.merged_rank: int | None = None
+
+    # ------------------------------------------------------------------ rank and its factors
+
+    def set_rank(self, rank: int) -> None:
+        """Use the first ``rank`` rows of A and columns of B; a merged layer is re-merged at it."""
+        self.config.check_rank(rank)
+        if self.merged_rank is not None and self.merged_rank != rank:
+            self.unmerge()
+            self.rank = rank
+            self.merge()
+        self.rank = rank
+
+    def truncated(self, rank: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A[:, :b], B[:, :, :b]); with the frozen update rule only row/column b carries gradient."""
+        b = self.rank if rank is None else rank
+        a, bb = self.lora_A[:, :b], self.lora_B[:, :, :b]
+        if self.config.method == "dylora" and self.config.update_rule == "frozen" and b > 1:
+            # As the official code does: rows below b enter the forward pass detached.
+            a = torch.cat([a[:, : b - 1].detach(), a[:, b - 1 :]], dim=1)
+            bb = torch.cat([bb[:, :, : b - 1].detach(), bb[:, :, b - 1 :]], dim=2)
+        return a, bb
+
+    def trained_rows(self) -> torch.Tensor:
+        """Boolean mask over 0..r_max-1 of the rows that learn at the current rank."""
+        mask = torch.zeros(self.config.r_max, dtype=torch.bool, device=self.lora_A.device)
+        if self.config.method == "dylora" and self.config.update_rule == "frozen":
+            mask[self.rank - 1] = True
+        else:
+            mask[: self.rank] = True
+        return mask
+
+    # ------------------------------------------------------------------ forward
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base(x)
+        if self.merged_rank is not None:
+            return out
+        a, b = self.truncated()
+        scale = self.config.scale(self.rank)
+        h = self.dropout(x)
+        if self._full_output:
+            return out + (h @ a[0].T) @ b[0].T * scale
+        z = h @ a.flatten(0, 1).T  # (..., slices * rank)
+        z = z.unflatten(-1, (a.shape[0], a.shape[1]))  # (..., slices, rank)
+        delta = torch.einsum("...sr,sor->...so", z, b).flatten(-2) * scale
+        return out.index_add(-1, self._out_index, delta.to(out.dtype))
+
+    # ------------------------------------------------------------------ merge
+
+    def delta_weight(self, rank: int) -> torch.Tensor:
+        """s(b) * B[:, :b] @ A[:b] laid out as the base weight (d_out x d_in, or d_in x d_out for Conv1D)."""
+        a, b = self.lora_A[:, :rank], self.lora_B[:, :, :rank]
+        d_out = self.base.weight.shape[1] if self.fan_in_fan_out else self.base.weight.shape[0]
+        delta = self.base.weight.new_zeros(d_out, a.shape[-1])
+        delta[self._out_index] = (b @ a).flatten(0, 1) * self.config.scale(rank)
+        return delta.T if self.fan_in_fan_out else delta
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Fold the adapter at the current rank into the base weight (for fast evaluation)."""
+        if self.merged_rank is not None:
+            return
+        self.base.weight += self.delta_weight(self.rank)
+        self.merged_rank = self.rank
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Subtract exactly what ``merge`` added: the update at the rank it was merged at."""
+        if self.merged_rank is None:
+            return
+        self.base.weight -= self.delta_weight(self.merged_rank)
+        self.merged_rank = None
+
+    def extra_repr(self) -> str:
+        return f"rank={self.rank}, r_max={self.config.r_max}, slices={self.out_slices}, merged={self.merged_rank}"

@@ -1,0 +1,170 @@
+"""Putting adapters into a model and acting on all of them at once."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from dylora.adapters.config import AdapterConfig
+from dylora.adapters.layer import DyLoRALayer
+from dylora.errors import ConfigError
+
+# The paper adapts the attention query and value projections (Table 8); GPT-2 fuses q, k, v in
+# ``c_attn``, where the LoRA paper adapts the q and v blocks only.
+DEFAULT_TARGETS = {
+    "roberta": ["query", "value"],
+    "bert": ["query", "value"],
+    "xlm-roberta": ["query", "value"],
+    "gpt2": ["c_attn"],
+}
+HEAD_NAMES = ("classifier", "score")  # sequence-classification heads of BERT/RoBERTa and GPT-2
+
+
+def default_targets(model: nn.Module) -> list[str]:
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type not in DEFAULT_TARGETS:
+        raise ConfigError(
+            f"no default target modules for model type {model_type!r}; set target_modules "
+            f"(known defaults: {DEFAULT_TARGETS})"
+        )
+    return DEFAULT_TARGETS[model_type]
+
+
+def default_head(model: nn.Module) -> list[str]:
+    return [name for name in HEAD_NAMES if isinstance(getattr(model, name, None), nn.Module)]
+
+
+def _out_slices(name: str, base: nn.Module) -> list[tuple[int, int]] | None:
+    """GPT-2's fused c_attn (3 x d outputs) is adapted on its query and value blocks only."""
+    if name.rsplit(".", 1)[-1] == "c_attn" and isinstance(base, Conv1D):
+        d_in, d_out = base.weight.shape
+        if d_out == 3 * d_in:
+            return [(0, d_in), (2 * d_in, 3 * d_in)]
+    return None
+
+
+def _matches(name: str, targets: list[str]) -> bool:
+    return any(name == t or name.endswith("." + t) for t in targets)
+
+
+def adapter_layers(model: nn.Module) -> Iterator[tuple[str, DyLoRALayer]]:
+    for name, module in model.named_modules():
+        if isinstance(module, DyLoRALayer):
+            yield name, module
+
+
+def adapter_config(model: nn.Module) -> AdapterConfig:
+    for _, layer in adapter_layers(model):
+        return layer.config
+    raise ConfigError("this model has no DyLoRA adapters; call add_adapters(model, config) first")
+
+
+def add_adapters(model: nn.Module, config: AdapterConfig) -> nn.Module:
+    """Wrap the target layers of ``model`` in place, freeze every base weight, keep the head trainable."""
+    if any(True for _ in adapter_layers(model)):
+        raise ConfigError("this model already has adapters; add them once")
+    targets = config.target_modules or default_targets(model)
+    found = [(n, m) for n, m in model.named_modules() if n and _matches(n, targets)]
+    adaptable = [(n, m) for n, m in found if isinstance(m, (nn.Linear, Conv1D))]
+    if not adaptable:
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, (nn.Linear, Conv1D))})
+        raise ConfigError(f"target_modules={targets} match no nn.Linear or Conv1D layer; this model's are {linear}")
+    unmatched = [t for t in targets if not any(_matches(n, [t]) for n, _ in adaptable)]
+    if unmatched:
+        raise ConfigError(f"target module(s) {unmatched} match no nn.Linear or Conv1D layer in this model")
+    heads = default_head(model) if config.modules_to_save is None else list(config.modules_to_save)
+    missing = [h for h in heads if _get(model, h) is None]
+    if missing:
+        raise ConfigError(f"modules_to_save {missing} are not modules of this model")
+
+    model.requires_grad_(False)
+    for name, base in adaptable:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, DyLoRALayer(base, config, _out_slices(name, base)))
+    for head in heads:
+        _get(model, head).requires_grad_(True)
+    for _, layer in adapter_layers(model):
+        layer.lora_A.requires_grad_(True)
+        layer.lora_B.requires_grad_(True)
+    return model
+
+
+def _get(model: nn.Module, name: str) -> nn.Module | None:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        return None
+
+
+def head_modules(model: nn.Module) -> list[str]:
+    """Names of the non-adapter modules that train (the task head)."""
+    config = adapter_config(model)
+    return default_head(model) if config.modules_to_save is None else list(config.modules_to_save)
+
+
+def set_rank(model: nn.Module, rank: int) -> None:
+    """Make every adapter in ``model`` use rank ``rank`` (re-merging merged ones at it)."""
+    adapter_config(model).check_rank(rank)
+    for _, layer in adapter_layers(model):
+        layer.set_rank(rank)
+
+
+def get_rank(model: nn.Module) -> int:
+    ranks = {layer.rank for _, layer in adapter_layers(model)}
+    if len(ranks) != 1:
+        raise ConfigError(f"adapters disagree on their rank: {sorted(ranks)}")
+    return ranks.pop()
+
+
+def merge(model: nn.Module, rank: int | None = None) -> None:
+    """Fold every adapter into its base weight at ``rank`` (default: the current rank)."""
+    if rank is not None:
+        set_rank(model, rank)
+    for _, layer in adapter_layers(model):
+        layer.merge()
+
+
+def unmerge(model: nn.Module) -> None:
+    for _, layer in adapter_layers(model):
+        layer.unmerge()
+
+
+@contextmanager
+def merged(model: nn.Module, rank: int) -> Iterator[nn.Module]:
+    """Evaluate with weights merged at ``rank``; unmerged (at that rank) on exit, whatever happens."""
+    merge(model, rank)
+    try:
+        yield model
+    finally:
+        unmerge(model)
+
+
+def trainable_parameters(model: nn.Module) -> dict[str, int]:
+    """Counts of trainable parameters: adapter, head (everything else that trains), total."""
+    adapter = sum(layer.lora_A.numel() + layer.lora_B.numel() for _, layer in adapter_layers(model))
+    total = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"adapter": adapter, "head": total - adapter, "total": total}
+
+
+@contextmanager
+def hold_untrained_rows(model: nn.Module) -> Iterator[None]:
+    """Around ``optimizer.step()``: with masking="update", rows that must not learn at the current
+    rank are restored afterwards, so momentum and weight decay cannot move them (the paper's Eq. 10).
+    With masking="gradient" (the official code's behaviour) it does nothing."""
+    config = adapter_config(model)
+    if config.method != "dylora" or config.masking != "update":
+        yield
+        return
+    layers = [layer for _, layer in adapter_layers(model)]
+    saved = [(layer.lora_A.detach().clone(), layer.lora_B.detach().clone()) for layer in layers]
+    yield
+    with torch.no_grad():
+        for layer, (a, b) in zip(layers, saved):
+            keep = ~layer.trained_rows()
+            layer.lora_A[:, keep] = a[:, keep]
+            layer.lora_B[:, :, keep] = b[:, :, keep]

@@ -1,0 +1,52 @@
+"""Which rank b each training step uses.
+
+DyLoRA draws one b per optimisation step for the whole model (every layer, every
+gradient-accumulation micro-batch of that step). The draw is a pure function of
+(seed, step), so distributed processes agree without communicating and a resumed run draws
+the same sequence. LoRA never samples: it trains at r_max.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from dylora.adapters.config import AdapterConfig
+from dylora.errors import ConfigError
+
+
+def rank_pmf(r_min: int, r_max: int, distribution: str = "uniform", geometric_p: float = 0.15) -> np.ndarray:
+    """P(b) for b = r_min..r_max. Geometric: p(1-p)^(b-r_min), renormalised on [r_min, r_max]."""
+    ranks = np.arange(r_min, r_max + 1)
+    if distribution == "uniform":
+        weights = np.ones(len(ranks))
+    elif distribution == "geometric":
+        weights = geometric_p * (1.0 - geometric_p) ** (ranks - r_min)
+    else:
+        raise ConfigError(f"distribution={distribution!r} is not one of uniform, geometric")
+    return weights / weights.sum()
+
+
+class RankSampler:
+    """b for step ``step``, drawn from ``rank_pmf`` with a generator seeded by (seed, step)."""
+
+    def __init__(self, r_min: int, r_max: int, distribution: str = "uniform", geometric_p: float = 0.15, seed: int = 0):
+        if seed < 0:
+            raise ConfigError(f"seed={seed} must be >= 0")
+        self.ranks = np.arange(r_min, r_max + 1)
+        self.pmf = rank_pmf(r_min, r_max, distribution, geometric_p)
+        self.seed = seed
+
+    def __call__(self, step: int) -> int:
+        if step < 0:
+            raise ConfigError(f"step={step} must be >= 0")
+        rng = np.random.default_rng([self.seed, step])
+        return int(rng.choice(self.ranks, p=self.pmf))
+
+
+def rank_schedule(config: AdapterConfig, seed: int) -> Callable[[int], int]:
+    """The training rank for each optimisation step: sampled for DyLoRA, r_max for LoRA."""
+    if config.method == "lora":
+        return lambda step: config.r_max
+    return RankSampler(config.r_min, config.r_max, config.distribution, config.geometric_p, seed)

@@ -1,0 +1,370 @@
+"""The method itself, checked against formulas computed independently in each test.
+
+Every test first gives A and B fresh random non-zero values: with B = 0 (its initial value)
+the adapter is the identity and most checks would pass for any code.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+from torch import nn
+from transformers import GPT2Config, GPT2LMHeadModel, RobertaConfig, RobertaForSequenceClassification
+
+from dylora import (
+    AdapterConfig,
+    RankSampler,
+    adapter_layers,
+    add_adapters,
+    export_peft,
+    hold_untrained_rows,
+    load_adapter,
+    merge,
+    merged,
+    rank_pmf,
+    rank_schedule,
+    save_adapter,
+    set_rank,
+    trainable_parameters,
+    unmerge,
+)
+from dylora.errors import ConfigError
+
+D, LAYERS, R_MAX = 16, 2, 4
+
+
+def tiny_roberta(num_labels: int = 3, seed: int = 0) -> RobertaForSequenceClassification:
+    torch.manual_seed(seed)
+    config = RobertaConfig(
+        vocab_size=50, hidden_size=D, num_hidden_layers=LAYERS, num_attention_heads=2,
+        intermediate_size=32, max_position_embeddings=40, num_labels=num_labels,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )
+    return RobertaForSequenceClassification(config).eval()
+
+
+def tiny_gpt2(seed: int = 0) -> GPT2LMHeadModel:
+    torch.manual_seed(seed)
+    config = GPT2Config(vocab_size=50, n_embd=D, n_layer=LAYERS, n_head=2, n_positions=40,
+                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
+    return GPT2LMHeadModel(config).eval()
+
+
+def randomize(model: nn.Module, seed: int = 1) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, layer in adapter_layers(model):
+            layer.lora_A.copy_(torch.randn(layer.lora_A.shape, generator=gen))
+            layer.lora_B.copy_(torch.randn(layer.lora_B.shape, generator=gen))
+
+
+def inputs(seed: int = 2) -> torch.Tensor:
+    return torch.randint(3, 50, (3, 7), generator=torch.Generator().manual_seed(seed))
+
+
+def logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+# ---------------------------------------------------------------------------- forward
+
+
+@pytest.mark.parametrize("scaling", ["rank", "r_max"])
+def test_linear_forward_at_every_rank_matches_formula(scaling):
+    base = nn.Linear(6, 5)
+    torch.manual_seed(3)
+    model = nn.Sequential()
+    model.add_module("proj", copy.deepcopy(base))
+    cfg = AdapterConfig(r_max=R_MAX, alpha=8.0, scaling=scaling, target_modules=["proj"], modules_to_save=[])
+    add_adapters(model, cfg)
+    randomize(model)
+    layer = model.proj
+    x = torch.randn(4, 6)
+    a, b = layer.lora_A[0].detach(), layer.lora_B[0].detach()
+    for rank in range(1, R_MAX + 1):
+        set_rank(model, rank)
+        s = 8.0 / (rank if scaling == "rank" else R_MAX)
+        expected = x @ base.weight.T + base.bias + s * x @ a[:rank].T @ b[:, :rank].T
+        got = model(x).detach()
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(got, base(x).detach(), atol=1e-3)
+
+
+def test_gpt2_c_attn_adapts_query_and_value_blocks_only():
+    model = tiny_gpt2()
+    c_attn = copy.deepcopy(model.transformer.h[0].attn.c_attn)
+    add_adapters(model, AdapterConfig(r_max=R_MAX, alpha=4.0))
+    randomize(model)
+    layer = model.transformer.h[0].attn.c_attn
+    x = torch.randn(2, 3, D)
+    w0 = c_attn.weight.detach()  # Conv1D stores d_in x d_out
+    for rank in range(1, R_MAX + 1):
+        set_rank(model, rank)
+        s = 4.0 / rank
+        expected = x @ w0 + c_attn.bias.detach()
+        for i, lo in enumerate((0, 2 * D)):
+            a, b = layer.lora_A[i, :rank].detach(), layer.lora_B[i, :, :rank].detach()
+            expected[..., lo : lo + D] += s * x @ a.T @ b.T
+        got = layer(x).detach()
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got[..., D : 2 * D], (x @ w0 + c_attn.bias)[..., D : 2 * D].detach())
+        assert not torch.allclose(got[..., :D], (x @ w0 + c_attn.bias)[..., :D].detach(), atol=1e-3)
+
+
+def test_parameter_count_and_freezing():
+    model = tiny_roberta()
+    add_adapters(model, AdapterConfig(r_max=R_MAX))
+    counts = trainable_parameters(model)
+    assert counts["adapter"] == 2 * LAYERS * R_MAX * (D + D)  # query and value, d_in = d_out = D
+    head = sum(p.numel() for p in model.classifier.parameters())
+    assert counts["head"] == head
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert all("lora_" in n or n.startswith("classifier.") for n in trainable)
+    gpt = tiny_gpt2()
+    add_adapters(gpt, AdapterConfig(r_max=R_MAX))
+    assert trainable_parameters(gpt) == {"adapter": 2 * LAYERS * R_MAX * (D + D), "head": 0, "total": 2 * LAYERS * R_MAX * 2 * D}
+
+
+# ---------------------------------------------------------------------------- update rules
+
+
+def one_step(update_rule: str, rank: int, optimizer: str = "sgd", masking: str = "gradient", steps: int = 1):
+    model = tiny_roberta()
+    add_adapters(model, AdapterConfig(r_max=R_MAX, update_rule=update_rule, masking=masking))
+    randomize(model)
+    set_rank(model, rank)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = (torch.optim.SGD(params, lr=0.1) if optimizer == "sgd"
+           else torch.optim.AdamW(params, lr=0.1, weight_decay=0.1))
+    layer = model.roberta.encoder.layer[0].attention.self.query
+    before = layer.lora_A.detach().clone(), layer.lora_B.detach().clone()
+    ids = inputs()
+    for step in range(steps):
+        model.train()
+        set_rank(model, rank if step == 0 else 1 + (rank + step) % R_MAX)
+        loss = model(input_ids=ids, labels=torch.tensor([0, 1, 2])).loss
+        opt.zero_grad()
+        loss.backward()
+        with hold_untrained_rows(model):
+            opt.step()
+    set_rank(model, rank)
+    changed_a = (layer.lora_A.detach() != before[0]).any(dim=-1)[0]  # per row of A
+    changed_b = (layer.lora_B.detach() != before[1]).any(dim=1)[0]  # per column of B
+    return changed_a.tolist(), changed_b.tolist(), layer, before
+
+
+@pytest.mark.parametrize("rank", [1, 3, R_MAX])
+def test_default_rule_updates_rows_up_to_b(rank):
+    rows, cols, _, _ = one_step("all", rank)
+    expected = [i < rank for i in range(R_MAX)]
+    assert rows == expected and cols == expected
+
+
+@pytest.mark.parametrize("rank", [1, 3, R_MAX])
+def test_frozen_rule_updates_only_row_b(rank):
+    rows, cols, _, _ = one_step("frozen", rank)
+    expected = [i == rank - 1 for i in range(R_MAX)]
+    assert rows == expected and cols == expected
+
+
+def test_strict_frozen_keeps_other_rows_bit_identical_under_adamw():
+    # Several AdamW steps with weight decay at varying ranks; the last one is checked at rank 3:
+    # with update masking every row except the one trained at each step stays exactly still.
+    model = tiny_roberta()
+    add_adapters(model, AdapterConfig(r_max=R_MAX, update_rule="frozen", masking="update"))
+    randomize(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=0.05, weight_decay=0.1)
+    layer = model.roberta.encoder.layer[1].attention.self.value
+    ids, labels = inputs(), torch.tensor([0, 1, 2])
+    for rank in [2, 4, 2, 1, 3, 3]:
+        model.train()
+        set_rank(model, rank)
+        a0, b0 = layer.lora_A.detach().clone(), layer.lora_B.detach().clone()
+        opt.zero_grad()
+        model(input_ids=ids, labels=labels).loss.backward()
+        with hold_untrained_rows(model):
+            opt.step()
+        for i in range(R_MAX):
+            same_a = torch.equal(layer.lora_A[:, i], a0[:, i])
+            same_b = torch.equal(layer.lora_B[:, :, i], b0[:, :, i])
+            assert (same_a and same_b) == (i != rank - 1), (rank, i)
+
+
+def test_gradient_masking_lets_adamw_move_frozen_rows_as_the_official_code_does():
+    rows, _, _, _ = one_step("frozen", 3, optimizer="adamw", masking="gradient", steps=3)
+    assert rows[0] and rows[1]  # momentum and weight decay moved rows below b
+
+
+def test_lora_trains_every_row_at_r_max():
+    model = tiny_roberta()
+    cfg = AdapterConfig(method="lora", r_max=R_MAX, update_rule="frozen", masking="update")
+    add_adapters(model, cfg)
+    assert {rank_schedule(cfg, seed=5)(step) for step in range(50)} == {R_MAX}
+
+
+# ---------------------------------------------------------------------------- sampling
+
+
+def test_sampled_ranks_stay_in_range_and_are_reproducible():
+    sampler = RankSampler(2, 6, seed=7)
+    draws = [sampler(step) for step in range(500)]
+    assert set(draws) == set(range(2, 7))
+    assert draws == [RankSampler(2, 6, seed=7)(step) for step in range(500)]
+    assert draws != [RankSampler(2, 6, seed=8)(step) for step in range(500)]
+    assert sampler(123) == sampler(123)
+
+
+@pytest.mark.parametrize("distribution,p", [("uniform", 0.15), ("geometric", 0.15), ("geometric", 0.5)])
+def test_empirical_distribution_matches_pmf(distribution, p):
+    r_min, r_max, n = 2, 8, 20000
+    ranks = np.arange(r_min, r_max + 1)
+    if distribution == "uniform":
+        expected = np.full(len(ranks), 1 / len(ranks))
+    else:
+        w = np.array([p * (1 - p) ** (b - r_min) for b in ranks])
+        expected = w / w.sum()
+    np.testing.assert_allclose(rank_pmf(r_min, r_max, distribution, p), expected, rtol=1e-12)
+    sampler = RankSampler(r_min, r_max, distribution, p, seed=11)
+    counts = np.bincount([sampler(step) for step in range(n)], minlength=r_max + 1)[r_min:]
+    result = stats.chisquare(counts, expected * n)
+    assert result.pvalue > 1e-3, (counts, expected * n)
+    # and a wrong pmf is rejected, so the test can fail
+    wrong = expected * np.linspace(0.8, 1.2, len(ranks))  # a 20% tilt
+    wrong /= wrong.sum()
+    assert stats.chisquare(counts, wrong * n).pvalue < 1e-6
+
+
+# ---------------------------------------------------------------------------- merge
+
+
+def test_merge_then_unmerge_restores_base_and_outputs_agree():
+    model = tiny_roberta()
+    add_adapters(model, AdapterConfig(r_max=R_MAX, alpha=16))
+    randomize(model)
+    ids = inputs()
+    base_weights = {n: layer.base.weight.detach().clone() for n, layer in adapter_layers(model)}
+    for rank in range(1, R_MAX + 1):
+        set_rank(model, rank)
+        unmerged_out = logits(model, ids)
+        with merged(model, rank):
+            for n, layer in adapter_layers(model):
+                a, b = layer.lora_A[0, :rank].detach(), layer.lora_B[0, :, :rank].detach()
+                torch.testing.assert_close(layer.base.weight, base_weights[n] + (16 / rank) * b @ a)
+            torch.testing.assert_close(logits(model, ids), unmerged_out, rtol=1e-4, atol=1e-5)
+        for n, layer in adapter_layers(model):
+            torch.testing.assert_close(layer.base.weight, base_weights[n], rtol=0, atol=1e-5)
+
+
+def test_changing_rank_while_merged_unmerges_at_the_merged_rank():
+    model = tiny_gpt2()
+    add_adapters(model, AdapterConfig(r_max=R_MAX))
+    randomize(model)
+    ids = inputs()
+    expected = {}
+    for rank in (1, 4):
+        set_rank(model, rank)
+        expected[rank] = logits(model, ids)
+    merge(model, 4)
+    set_rank(model, 1)  # must unmerge the rank-4 update and merge the rank-1 one
+    torch.testing.assert_close(logits(model, ids), expected[1], rtol=1e-4, atol=1e-5)
+    unmerge(model)
+    set_rank(model, 4)
+    torch.testing.assert_close(logits(model, ids), expected[4], rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------- saving
+
+
+def test_dynamic_adapter_round_trip_through_safetensors(tmp_path):
+    model = tiny_roberta()
+    add_adapters(model, AdapterConfig(r_max=R_MAX, update_rule="frozen"))
+    randomize(model)
+    with torch.no_grad():
+        model.classifier.out_proj.weight.add_(1.0)
+    save_adapter(model, tmp_path / "adapter.safetensors")
+    fresh = load_adapter(tiny_roberta(), tmp_path / "adapter.safetensors")
+    ids = inputs()
+    for rank in range(1, R_MAX + 1):
+        set_rank(model, rank)
+        set_rank(fresh, rank)
+        torch.testing.assert_close(logits(fresh, ids), logits(model, ids))
+
+
+@pytest.mark.parametrize("scaling", ["rank", "r_max"])
+def test_peft_export_reproduces_roberta_with_head_at_every_rank(tmp_path, scaling):
+    from peft import PeftModel
+
+    model = tiny_roberta()
+    add_adapters(model, AdapterConfig(r_max=R_MAX, alpha=16, scaling=scaling))
+    randomize(model)
+    with torch.no_grad():
+        model.classifier.dense.weight.mul_(3.0)  # the trained head must travel too
+    ids = inputs()
+    for rank in range(1, R_MAX + 1):
+        set_rank(model, rank)
+        out = export_peft(model, rank, tmp_path / f"r{rank}")
+        assert {p.name for p in out.iterdir()} >= {"adapter_config.json", "adapter_model.safetensors"}
+        peft_model = PeftModel.from_pretrained(tiny_roberta(), str(out)).eval()
+        got = logits(peft_model, ids)
+        torch.testing.assert_close(got, logits(model, ids), rtol=1e-4, atol=1e-5)
+        assert not torch.allclose(got, logits(tiny_roberta(), ids), atol=1e-3)
+
+
+def test_peft_export_reproduces_gpt2_q_v_adapter_at_every_rank(tmp_path):
+    import json
+
+    from peft import PeftModel
+
+    model = tiny_gpt2()
+    add_adapters(model, AdapterConfig(r_max=R_MAX, alpha=32))
+    randomize(model)
+    ids = inputs()
+    for rank in range(1, R_MAX + 1):
+        set_rank(model, rank)
+        out = export_peft(model, rank, tmp_path / f"r{rank}")
+        saved = json.loads((out / "adapter_config.json").read_text())
+        assert saved["r"] == 2 * rank and saved["lora_alpha"] == 2 * 32  # rank-2b block adapter
+        peft_model = PeftModel.from_pretrained(tiny_gpt2(), str(out)).eval()
+        torch.testing.assert_close(logits(peft_model, ids), logits(model, ids), rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------- validation
+
+
+@pytest.mark.parametrize(
+    "kwargs,fragment",
+    [
+        ({"r_min": 5, "r_max": 4}, "r_min=5 is larger than r_max=4"),
+        ({"r_max": 0}, "r_max=0"),
+        ({"method": "dora"}, "method='dora'"),
+        ({"scaling": "sqrt"}, "scaling='sqrt'"),
+        ({"update_rule": "nested"}, "update_rule='nested'"),
+        ({"masking": "none"}, "masking='none'"),
+        ({"alpha": 0}, "alpha=0"),
+        ({"geometric_p": 1.5}, "geometric_p=1.5"),
+        ({"target_modules": []}, "target_modules=[]"),
+    ],
+)
+def test_bad_config_values_are_named(kwargs, fragment):
+    with pytest.raises(ConfigError, match=fragment.replace("[", r"\[").replace("]", r"\]")):
+        AdapterConfig(**kwargs)
+
+
+def test_bad_ranks_and_modules_are_named():
+    model = tiny_roberta()
+    with pytest.raises(ConfigError, match=r"\['keys'\] match no nn.Linear"):
+        add_adapters(model, AdapterConfig(target_modules=["keys"]))
+    with pytest.raises(ConfigError, match=r"target module\(s\) \['nothing'\]"):
+        add_adapters(model, AdapterConfig(target_modules=["query", "nothing"]))
+    add_adapters(model, AdapterConfig(r_max=R_MAX))
+    for bad in (0, R_MAX + 1):
+        with pytest.raises(ConfigError, match=f"rank {bad} is outside 1..r_max={R_MAX}"):
+            set_rank(model, bad)
+    with pytest.raises(ConfigError, match="already has adapters"):
+        add_adapters(model, AdapterConfig(r_max=R_MAX))
