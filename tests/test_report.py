@@ -1,0 +1,314 @@
+"""Reports from fake but schema-valid run records, checked against sums done here by hand."""
+
+import math
+import os
+import statistics
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from dylora import report
+from dylora.errors import ConfigError
+from dylora.records import MetricRow, mark_done, run_dir_for, write_config, write_metrics
+
+EXPERIMENT = "glue_small"
+TASKS = ("mnli", "sst2", "mrpc", "cola")
+METHODS = ("lora", "dylora", "dylora_frozen")
+SEEDS = (0, 1, 2)
+R_MAX = 8
+# (split, metric) pairs each task logs, as the trainer would.
+LOGGED = {
+    "mnli": [("validation_matched", "accuracy"), ("validation_mismatched", "accuracy")],
+    "sst2": [("validation", "accuracy")],
+    "mrpc": [("validation", "accuracy"), ("validation", "f1")],
+    "cola": [("validation", "matthews_correlation")],
+    **{t: [("validation", "accuracy")] for t in ("qnli", "qqp", "rte")},
+    "stsb": [("validation", "pearson"), ("validation", "spearman")],
+}
+UNFINISHED = ("sst2", "dylora_frozen", 2)  # metrics written, no DONE: must not count
+ABSENT = ("sst2", "lora", 2)  # never started
+
+
+def value(task, method, seed, rank, split, metric):
+    """A deterministic, rank-dependent fraction; LoRA collapses at low rank as in the paper."""
+    base = {"mnli": 0.80, "sst2": 0.90, "mrpc": 0.85, "cola": 0.55}.get(task, 0.75)
+    shape = -0.3 / rank if method == "lora" else 0.02 * math.sin(rank)
+    noise = seed * 0.007 + 0.004 * ((seed * rank + len(task)) % 3)  # spread varies by rank and task
+    offset = METHODS.index(method) * 0.003 + noise + (0.01 if "mis" in split else 0) + (metric == "f1") * 0.02
+    return base + shape + offset
+
+
+def config(task, method, seed):
+    return {
+        "experiment": EXPERIMENT, "seed": seed, "preset": "cpu",
+        "model": {"name": "tiny-roberta"}, "task": {"name": task},
+        "method": {"name": method, "method": "lora" if method == "lora" else "dylora", "r_min": 1,
+                   "r_max": R_MAX, "alpha": 16, "scaling": "rank", "distribution": "uniform",
+                   "geometric_p": 0.15, "update_rule": "frozen" if method == "dylora_frozen" else "all",
+                   "masking": "gradient", "eval_ranks": None, "dropout": 0.0},
+        "trainer": {"epochs": 2, "max_steps": None, "lr": 4e-4, "batch_size": 32},
+        "data": {"max_train_samples": 1000, "max_eval_samples": None},
+    }
+
+
+def write_run(out_dir, task, method, seed, done=True, ranks=range(1, R_MAX + 1), bump=0.0):
+    cfg = config(task, method, seed)
+    run_dir = run_dir_for(out_dir, cfg)
+    write_config(run_dir, cfg)
+    rows = [MetricRow(task, method, seed, r, split, metric, value(task, method, seed, r, split, metric) + bump)
+            for r in ranks for split, metric in LOGGED[task]]
+    write_metrics(run_dir, rows)
+    if done:
+        mark_done(run_dir)
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("experiments")
+    for task in TASKS:
+        for method in METHODS:
+            for seed in SEEDS:
+                key = (task, method, seed)
+                if key == UNFINISHED:
+                    write_run(out, *key, done=False, bump=0.3)  # would shift every mean it entered
+                elif key != ABSENT:
+                    write_run(out, *key)
+    return out
+
+
+@pytest.fixture(scope="module")
+def results(runs, tmp_path_factory):
+    dest = tmp_path_factory.mktemp("results")
+    written = report.build_report(runs, dest)
+    assert list(written) == [EXPERIMENT]
+    return dest / EXPERIMENT
+
+
+# ---------------------------------------------------------------------------- independent sums
+
+
+def seeds_of(task, method):
+    return [s for s in SEEDS if (task, method, s) not in (UNFINISHED, ABSENT)]
+
+
+def table2_value(task, method, seed, rank):
+    split, metric = {"mnli": ("validation_matched", "accuracy"), "mrpc": ("validation", "f1")}.get(
+        task, LOGGED[task][0])
+    return 100 * value(task, method, seed, rank, split, metric)
+
+
+def table1_value(task, method, seed, rank):
+    if task == "mnli":  # mean of matched and mismatched
+        return 100 * (value(task, method, seed, rank, "validation_matched", "accuracy")
+                      + value(task, method, seed, rank, "validation_mismatched", "accuracy")) / 2
+    split, metric = LOGGED[task][0]  # MRPC: accuracy, listed first
+    return 100 * value(task, method, seed, rank, split, metric)
+
+
+def cell(csv, method, row, source, task):
+    hit = csv[(csv["method"] == method) & (csv["row"].astype(str) == str(row))
+              & (csv["source"] == source) & (csv["task"] == task)]
+    assert len(hit) == 1, (method, row, source, task)
+    return hit.iloc[0]
+
+
+# ---------------------------------------------------------------------------- tables
+
+
+def test_table2_is_mean_and_sample_std_over_finished_seeds(results):
+    csv = pd.read_csv(results / "table2.csv")
+    for task in TASKS:
+        for method in METHODS:
+            for rank in range(1, R_MAX + 1):
+                per_seed = [table2_value(task, method, s, rank) for s in seeds_of(task, method)]
+                got = cell(csv, method, rank, "ours", task)
+                assert got["mean"] == pytest.approx(statistics.mean(per_seed))
+                assert got["std"] == pytest.approx(statistics.stdev(per_seed))
+                assert got["n_seeds"] == len(per_seed)
+
+
+def test_table1_rows_average_ranks_then_seeds(results):
+    csv = pd.read_csv(results / "table1.csv")
+    for task in TASKS:
+        for method in METHODS:
+            seeds = seeds_of(task, method)
+            over_ranks = [statistics.mean(table1_value(task, method, s, r) for r in range(1, R_MAX + 1))
+                          for s in seeds]
+            assert cell(csv, method, "avg 1..8", "ours", task)["mean"] == pytest.approx(statistics.mean(over_ranks))
+            at_max = statistics.mean(table1_value(task, method, s, R_MAX) for s in seeds)
+            assert cell(csv, method, "rank 8", "ours", task)["mean"] == pytest.approx(at_max)
+
+
+def test_avg_column_is_the_mean_over_tasks(results):
+    csv = pd.read_csv(results / "table2.csv")
+    expected = statistics.mean(
+        statistics.mean(table2_value(t, "dylora", s, 4) for s in seeds_of(t, "dylora")) for t in TASKS)
+    assert cell(csv, "dylora", 4, "ours", "avg")["mean"] == pytest.approx(expected)
+
+
+def test_best_rank_is_marked_in_csv_md_and_tex(results):
+    csv = pd.read_csv(results / "table2.csv")
+    means = {r: statistics.mean(table2_value("cola", "dylora", s, r) for s in SEEDS) for r in range(1, R_MAX + 1)}
+    best = max(means, key=means.get)
+    ours = csv[(csv["method"] == "dylora") & (csv["task"] == "cola") & (csv["source"] == "ours")]
+    assert ours.loc[ours["best"], "row"].tolist() == [best]
+    assert f"**{means[best]:.2f} ± " in (results / "table2.md").read_text()
+    assert rf"\textbf{{{means[best]:.2f} $\pm$ " in (results / "table2.tex").read_text()
+    assert not pd.read_csv(results / "table1.csv")["best"].any()  # Table 1 has no ranks to pick from
+
+
+def test_paper_numbers_and_differences_where_the_paper_has_them(results):
+    t2 = pd.read_csv(results / "table2.csv")
+    ours = cell(t2, "dylora", 3, "ours", "cola")["mean"]
+    paper_cell = cell(t2, "dylora", 3, "paper", "cola")
+    assert (paper_cell["mean"], paper_cell["std"]) == (60.97, 2.01)  # EACL Table 2, CSV line 101
+    assert cell(t2, "dylora", 3, "delta", "cola")["mean"] == pytest.approx(ours - 60.97)
+    # Four tasks shown, not all eight: the paper's Avg is recomputed over the same four.
+    printed = {"mnli": 86.76, "sst2": 94.36, "mrpc": 91.38, "cola": 59.51}  # DyLoRA rank 8
+    assert cell(t2, "dylora", 8, "paper", "avg")["mean"] == pytest.approx(statistics.mean(printed.values()))
+
+    t1 = pd.read_csv(results / "table1.csv")
+    assert cell(t1, "dylora", "rank 8", "paper", "mrpc")["mean"] == 89.46  # workshop Table 1
+    assert cell(t1, "lora", "avg 1..8", "paper", "cola")["mean"] == 32.07
+    frozen = t1[t1["method"] == "dylora_frozen"]
+    assert set(frozen["source"]) == {"ours"}  # the workshop paper has no frozen rows
+
+
+def test_files_parse_and_md_has_one_line_per_row(results):
+    for name, rows in (("table1", 3 * 2 + 2 * 2 * 2), ("table2", 3 * 8 * 3)):
+        # table1: ours for 3 methods x 2 rows; paper and Δ for LoRA and DyLoRA x 2 rows.
+        # table2: ours, paper and Δ for 3 methods x 8 ranks.
+        csv = pd.read_csv(results / f"{name}.csv")
+        assert list(csv.columns) == report.CSV_COLUMNS
+        assert len(csv.groupby(["method", "row", "source"])) == rows
+        md = (results / f"{name}.md").read_text()
+        table = md.split("\n\n")[1].splitlines()
+        assert len(table) == 2 + rows and all(line.count("|") == 3 + len(TASKS) + 2 for line in table)
+        tex = (results / f"{name}.tex").read_text()
+        assert r"\begin{tabular}" in tex and tex.count(r" \\") == 1 + rows
+
+
+def test_footnote_names_settings_and_departures(results):
+    md = (results / "table2.md").read_text()
+    for expected in ("model tiny-roberta", "LoRA: r 1..8, alpha 16, scaling rank.", "p_B uniform", "update rule frozen",
+                     "masking gradient", "seeds 0, 1, 2 (3)",
+                     "Departure from the paper: model tiny-roberta (paper: roberta-base).",
+                     "Departure from the paper: preset cpu (paper: paper).",
+                     "Departure from the paper: data.max_train_samples 1000 caps training",
+                     "Departure from the paper: trainer.epochs 2 (paper: 30).",
+                     "Departure from the paper: 3 seed(s) (paper: 5)."):
+        assert expected in md, expected
+    assert "method.r_max" not in md and "trainer.lr" not in md  # equal to the paper: no departure
+
+
+def test_missing_and_unfinished_runs_are_listed(results):
+    for name in ("table1.md", "table2.md", "summary.md"):
+        section = (results / name).read_text().split("## Missing or unfinished runs")[1]
+        assert "| sst2 | dylora_frozen | 2 | unfinished |" in section
+        assert "| sst2 | lora | 2 | absent |" in section
+        assert section.count("| sst2 |") == 2  # nothing else is reported missing
+
+
+def test_rank_curves_are_written(results):
+    for task in TASKS:
+        png, svg = results / f"rank_curve_{task}.png", results / f"rank_curve_{task}.svg"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert b"<svg" in svg.read_bytes()[:1000]
+
+
+def test_summary_auc_and_min_rank_by_hand(results):
+    summary = pd.read_csv(results / "summary.csv")
+    row = summary[(summary["task"] == "mnli") & (summary["method"] == "lora")].iloc[0]
+    curve = [statistics.mean(table2_value("mnli", "lora", s, r) for s in SEEDS) for r in range(1, R_MAX + 1)]
+    area = sum((curve[i] + curve[i + 1]) / 2 for i in range(R_MAX - 1))  # unit steps between ranks
+    assert row["auc"] == pytest.approx(area / (R_MAX - 1))
+    best = max(curve)
+    assert row["best"] == pytest.approx(best) and row["best_rank"] == curve.index(best) + 1
+    assert row["min_rank_within_tol"] == next(r for r, v in enumerate(curve, 1) if v >= best - 1.0)
+    paper = [34.6, 40.53, 58.95, 72.1, 78.61, 83.02, 85.44, 86.82]  # EACL Table 2, LoRA MNLI
+    assert row["paper_auc"] == pytest.approx(sum((a + b) / 2 for a, b in zip(paper, paper[1:])) / 7)
+    assert row["paper_min_rank_within_tol"] == 8  # rank 7 (85.44) is 1.38 below rank 8 (86.82)
+
+
+def test_normalised_auc_and_min_rank_on_uneven_ranks():
+    assert report.normalised_auc([4, 1, 2], [3, 1, 3]) == pytest.approx((2 * 1 + 3 * 2) / 3)
+    assert report.normalised_auc([5], [7.0]) == 7.0
+    assert report.min_rank_within([1, 2, 3], [50, 59.5, 60], 1.0) == 2
+    assert report.min_rank_within([1, 2, 3], [50, 59.5, 60], 0.0) == 3
+    assert report.min_rank_within([1, 2, 3], [0.9, 0.45, 0.4], 0.1, lower_is_better=True) == 2
+
+
+# ---------------------------------------------------------------------------- edge cases
+
+
+def test_paper_avg_is_the_printed_one_when_all_glue_tasks_are_shown(tmp_path):
+    for task in LOGGED:
+        write_run(tmp_path, task, "dylora", 0)
+    table = report.table2(report.load_experiments(tmp_path)[EXPERIMENT])
+    paper_avg = table.cells.query("method == 'dylora' and row == '4' and source == 'paper' and task == 'avg'")
+    assert paper_avg["mean"].tolist() == [85.53]  # as printed; its eight task values average 85.51
+    ours = statistics.mean(table2_value(t, "dylora", 0, 4) for t in LOGGED)
+    delta = table.cells.query("method == 'dylora' and row == '4' and source == 'delta' and task == 'avg'")
+    assert delta["mean"].tolist() == [pytest.approx(ours - 85.53)]
+
+
+def test_incomplete_superseded_corrupted_and_unreadable_runs_are_reported(tmp_path):
+    write_run(tmp_path, "cola", "dylora", 0, ranks=[1, 2, 4])  # rank 3 and 5..8 never evaluated
+    old = write_run(tmp_path, "cola", "lora", 0)
+    newer = config("cola", "lora", 0) | {"preset": "code"}  # a re-run with another config
+    newer_dir = run_dir_for(tmp_path, newer)
+    write_config(newer_dir, newer)
+    write_metrics(newer_dir, [MetricRow("cola", "lora", 0, r, "validation", "matthews_correlation", 0.5)
+                              for r in range(1, R_MAX + 1)])
+    os.utime(old / "DONE", (1, 1))  # make the first run unambiguously the older one
+    mark_done(newer_dir)
+    tampered = write_run(tmp_path, "cola", "dylora_frozen", 0)
+    (tampered / "metrics.jsonl").write_text("")  # no longer matches the checksum in DONE
+    unreadable = tmp_path / EXPERIMENT / "cola" / "lora" / "seed7-00000000"
+    unreadable.mkdir()
+    (unreadable / "config.yaml").write_text("[")
+    exp = report.load_experiments(tmp_path)[EXPERIMENT]
+    issues = {(i.method, i.status) for i in exp.issues + report.scores(exp, report.TABLE2_METRICS)[1]}
+    assert issues == {("dylora", "incomplete"), ("lora", "superseded"), ("dylora_frozen", "corrupted"),
+                      ("?", "unreadable")}
+    assert [r.path for r in exp.used if r.method == "lora"] == [newer_dir]
+
+
+def test_unknown_experiment_names_the_known_ones(runs, tmp_path):
+    with pytest.raises(ConfigError, match=f"experiment=nope .*{EXPERIMENT}"):
+        report.build_report(runs, tmp_path, experiment="nope")
+
+
+def test_empty_out_dir_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="no run records"):
+        report.build_report(tmp_path, tmp_path / "results")
+
+
+# ---------------------------------------------------------------------------- CLI
+
+
+def cli(cwd, *overrides):
+    return subprocess.run([sys.executable, "-m", "dylora.cli.report", *overrides], cwd=cwd,
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"})
+
+
+def test_cli_end_to_end_with_relative_paths(runs, tmp_path):
+    (tmp_path / "exps").symlink_to(runs)
+    done = cli(tmp_path, "out_dir=exps", "results_dir=res", f"experiment={EXPERIMENT}")
+    assert done.returncode == 0, done.stderr
+    assert f"{EXPERIMENT}: wrote" in done.stdout and "table2.md" in done.stdout
+    assert (tmp_path / "res" / EXPERIMENT / "summary.csv").stat().st_size > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exps", "res"]  # Hydra left nothing behind
+
+
+def test_cli_error_is_one_line_without_traceback(tmp_path):
+    done = cli(tmp_path, "out_dir=missing")
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"dylora-report: error: out_dir={tmp_path / 'missing'} is not a directory; "
+        "pass out_dir=DIR holding the run records"]
