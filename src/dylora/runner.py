@@ -1,0 +1,177 @@
+"""One run: build the model and task, train once, evaluate every rank, write the run record.
+
+A run whose record is complete is skipped; an unfinished one resumes from its checkpoint.
+Under torchrun every process trains on its slice of each batch; only the main process writes.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as torch_dist
+
+from dylora import records
+from dylora.adapters import add_adapters, load_adapter, rank_schedule, save_adapter, trainable_parameters
+from dylora.adapters.io import read_adapter_config
+from dylora.errors import ConfigError, RecordError
+from dylora.models import load_model, load_tokenizer
+from dylora.spec import RunSpec
+from dylora.sweep import rank_sweep
+from dylora.tasks.build import build_task, num_labels
+from dylora.tracking import make_tracker
+from dylora.train import Distributed, train
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def finished(run_dir: Path) -> bool:
+    """True when the record is complete; a corrupted record is moved aside (reported, never used)."""
+    try:
+        return records.verify_done(run_dir)
+    except RecordError as e:
+        aside = run_dir.with_name(f"{run_dir.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+        run_dir.rename(aside)
+        say(f"warning: {e}\nmoved it to {aside}; running it again")
+        return False
+
+
+def execute(spec: RunSpec, progress: bool = True) -> Path:
+    """Run ``spec`` (or skip it when its record is complete) and return its run directory."""
+    run_dir = records.run_dir_for(spec.out_dir, spec.config)
+    if finished(run_dir):
+        say(f"skip: {run_dir} is already complete")
+        return run_dir
+    dist = _init_distributed()
+    device = _device(spec.trainer.device, dist)
+    torch.manual_seed(spec.seed)
+    tokenizer = load_tokenizer(spec.model)
+    model = load_model(spec.model, tokenizer, num_labels(spec))
+    data = build_task(spec, model, tokenizer, device)
+    torch.manual_seed(spec.seed)  # the adapters' initial A depends on the run seed only
+    add_adapters(model, spec.adapter)
+    if spec.trainer.init_from:
+        _init_from(spec, model)
+    model.to(device)
+    if dist.is_main:
+        records.write_config(run_dir, spec.config)
+    tracker = make_tracker(spec.logger, spec.config, run_dir, run_dir.name, spec.experiment) if dist.is_main else None
+    try:
+        result = train(
+            model, data.train, data.collate, spec.trainer, rank_schedule(spec.adapter, spec.seed), spec.seed, device,
+            checkpoint_dir=run_dir / records.CHECKPOINT, dist=dist, progress=progress,
+            on_step=tracker.log_step if tracker else None, ddp_model=_ddp(model, device, dist),
+        )
+        if not dist.is_main:
+            return run_dir
+        save_adapter(model, run_dir / records.ADAPTER)
+        start = time.perf_counter()
+        rows = list(rank_sweep(model, spec.eval_ranks, data.evaluate, progress))
+        sweep_seconds = time.perf_counter() - start
+        metric_rows = [
+            records.MetricRow(spec.task.name, spec.method_name, spec.seed, rank, split, metric, value)
+            for rank, split, metric, value in rows
+        ]
+        records.write_metrics(run_dir, metric_rows)
+        records.write_env(run_dir, _env(model, device, dist, result.seconds, sweep_seconds, result.steps))
+        tracker.log_rank_curve(rows)
+        records.mark_done(run_dir)
+        shutil.rmtree(run_dir / records.CHECKPOINT, ignore_errors=True)
+        say(f"done: {run_dir}")
+        return run_dir
+    finally:
+        if tracker is not None:
+            tracker.finish()
+        if dist.world > 1:
+            torch_dist.barrier()
+
+
+def _init_from(spec: RunSpec, model) -> None:
+    """Start from the finished adapter of task ``init_from`` (same experiment, method, seed): the
+    official scripts' MNLI initialisation. Only A and B are taken; the head is the task's own."""
+    source_root = Path(spec.out_dir) / spec.experiment / spec.trainer.init_from / spec.method_name
+    candidates = sorted(p for p in source_root.glob(f"seed{spec.seed}-*") if (p / records.DONE).exists())
+    if not candidates:
+        raise ConfigError(
+            f"trainer.init_from={spec.trainer.init_from!r}: no finished run under {source_root} for seed {spec.seed}; "
+            f"run task={spec.trainer.init_from} first (same experiment, method and seed)"
+        )
+    path = candidates[-1] / records.ADAPTER
+    if read_adapter_config(path).r_max != spec.adapter.r_max:
+        raise ConfigError(f"{path} has a different r_max than this run ({spec.adapter.r_max})")
+    from safetensors.torch import load_file
+
+    from dylora.adapters import adapter_layers
+
+    tensors = load_file(str(path))
+    with torch.no_grad():
+        for name, layer in adapter_layers(model):
+            layer.lora_A.copy_(tensors[f"{name}.lora_A"])
+            layer.lora_B.copy_(tensors[f"{name}.lora_B"])
+    say(f"initialised the adapters from {path}")
+
+
+def _init_distributed() -> Distributed:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Distributed()
+    if not torch_dist.is_initialized():
+        torch_dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    return Distributed(rank=torch_dist.get_rank(), world=torch_dist.get_world_size())
+
+
+def _device(choice: str, dist: Distributed) -> torch.device:
+    if choice == "auto":
+        choice = "cuda" if torch.cuda.is_available() else "cpu"
+    if choice == "cuda" and dist.world > 1:
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device(choice)
+
+
+def _ddp(model, device, dist: Distributed):
+    if dist.world == 1:
+        return None
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _env(model, device, dist: Distributed, train_seconds: float, sweep_seconds: float, steps: int) -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    def v(pkg: str) -> str | None:
+        try:
+            return version(pkg)
+        except PackageNotFoundError:
+            return None
+
+    return {
+        "packages": {p: v(p) for p in ("dylora", "torch", "transformers", "datasets", "peft", "hydra-core", "wandb")},
+        "python": platform.python_version(),
+        "git_commit": _git_commit(),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "device_type": device.type,
+        "world_size": dist.world,
+        "torch_threads": torch.get_num_threads(),
+        "trainable_parameters": trainable_parameters(model),
+        "train_seconds": train_seconds,
+        "train_steps": steps,
+        "sweep_seconds": sweep_seconds,
+    }

@@ -1,0 +1,180 @@
+"""RunSpec: the Hydra configuration turned once into typed, validated objects.
+
+Only the command-line edge (``dylora.cli``) sees Hydra; everything below it takes a RunSpec
+or plain arguments.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from dylora.adapters import AdapterConfig
+from dylora.errors import ConfigError
+
+MODEL_SOURCES = ("pretrained", "bundled", "tiny")
+FAMILIES = ("encoder", "decoder")
+TASK_KINDS = ("glue", "synthetic", "nlg")
+
+
+def _build(cls, section: str, values: dict[str, Any]):
+    """cls(**values), with unknown keys named instead of a TypeError."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown {section} option(s) {unknown}; known: {sorted(known)}")
+    return cls(**values)
+
+
+def _positive(section: str, name: str, value: Any, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ConfigError(f"{section}.{name}={value!r} must be a positive number")
+
+
+@dataclass
+class ModelSpec:
+    name: str
+    source: str = "pretrained"  # pretrained: hub id or path | bundled: MiniLM from its package | tiny: random
+    family: str = "encoder"  # encoder: sequence classification | decoder: causal LM
+    hub_id: str | None = None
+    path: str | None = None
+    max_length: int = 512
+    tiny: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.source not in MODEL_SOURCES:
+            raise ConfigError(f"model.source={self.source!r} is not one of {MODEL_SOURCES}")
+        if self.family not in FAMILIES:
+            raise ConfigError(f"model.family={self.family!r} is not one of {FAMILIES}")
+        if self.source == "pretrained" and not (self.hub_id or self.path):
+            raise ConfigError(f"model {self.name!r} needs model.hub_id or model.path=DIR")
+        _positive("model", "max_length", self.max_length)
+
+
+@dataclass
+class TaskSpec:
+    name: str
+    kind: str = "glue"
+    # synthetic task only
+    num_labels: int = 2
+    teacher_rank: int = 8
+    teacher_strength: float = 1.0
+    seq_len: int = 16
+    n_train: int = 2000
+    n_eval: int = 1000
+    keep: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in TASK_KINDS:
+            raise ConfigError(f"task.kind={self.kind!r} is not one of {TASK_KINDS}")
+
+
+@dataclass
+class DataSpec:
+    glue_dir: str | None = None
+    nlg_dir: str | None = None
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+
+    def __post_init__(self) -> None:
+        _positive("data", "max_train_samples", self.max_train_samples, allow_none=True)
+        _positive("data", "max_eval_samples", self.max_eval_samples, allow_none=True)
+
+
+@dataclass
+class TrainerSpec:
+    epochs: float = 3
+    max_steps: int | None = None
+    batch_size: int = 32
+    eval_batch_size: int = 128
+    lr: float = 4e-4
+    weight_decay: float = 0.1
+    warmup_ratio: float = 0.06
+    grad_accum: int = 1
+    max_grad_norm: float | None = 1.0
+    checkpoint_every: int = 100
+    device: str = "auto"
+    init_from: str | None = None  # a task name: start from that task's finished adapter (MNLI trick)
+    per_task: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "eval_batch_size", "lr", "grad_accum", "checkpoint_every"):
+            _positive("trainer", name, getattr(self, name))
+        _positive("trainer", "max_steps", self.max_steps, allow_none=True)
+        _positive("trainer", "max_grad_norm", self.max_grad_norm, allow_none=True)
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"trainer.warmup_ratio={self.warmup_ratio!r} must be in [0, 1)")
+        if self.weight_decay < 0:
+            raise ConfigError(f"trainer.weight_decay={self.weight_decay!r} must be >= 0")
+
+    def for_task(self, task: str) -> "TrainerSpec":
+        """These values with the task's ``per_task`` overrides applied."""
+        overrides = dict(self.per_task.get(task, {}))
+        known = {f.name for f in fields(self)} - {"per_task"}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ConfigError(f"trainer.per_task.{task} has unknown option(s) {unknown}; known: {sorted(known)}")
+        return replace(self, **overrides, per_task={})
+
+
+@dataclass
+class LoggerSpec:
+    name: str = "none"
+    project: str = "dylora"
+    entity: str | None = None
+    mode: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.name not in ("none", "wandb"):
+            raise ConfigError(f"logger={self.name!r} is not one of none, wandb")
+
+
+@dataclass
+class RunSpec:
+    experiment: str
+    seed: int
+    preset: str
+    out_dir: str
+    model: ModelSpec
+    task: TaskSpec
+    method_name: str
+    adapter: AdapterConfig
+    eval_ranks: list[int]
+    trainer: TrainerSpec
+    data: DataSpec
+    logger: LoggerSpec
+    config: dict[str, Any]  # the resolved configuration, as recorded in config.yaml
+
+    @classmethod
+    def from_dict(cls, config: dict[str, Any]) -> "RunSpec":
+        """Validate a resolved configuration (plain dict) into a RunSpec."""
+        method = dict(config["method"])
+        name = method.pop("name")
+        eval_ranks = method.pop("eval_ranks", None)
+        adapter = AdapterConfig.from_dict(method)
+        ranks = list(range(1, adapter.r_max + 1)) if eval_ranks is None else [int(r) for r in eval_ranks]
+        bad = [r for r in ranks if not 1 <= r <= adapter.r_max]
+        if bad or not ranks:
+            raise ConfigError(f"method.eval_ranks={eval_ranks} must be ranks within 1..r_max={adapter.r_max}")
+        seed = config["seed"]
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ConfigError(f"seed={seed!r} must be a whole number >= 0")
+        task = _build(TaskSpec, "task", dict(config["task"]))
+        trainer = _build(TrainerSpec, "trainer", dict(config["trainer"])).for_task(task.name)
+        return cls(
+            experiment=str(config["experiment"]),
+            seed=seed,
+            preset=str(config.get("preset", "none")),
+            out_dir=str(config["out_dir"]),
+            model=_build(ModelSpec, "model", dict(config["model"])),
+            task=task,
+            method_name=str(name),
+            adapter=adapter,
+            eval_ranks=sorted(set(ranks)),
+            trainer=trainer,
+            data=_build(DataSpec, "data", dict(config["data"])),
+            logger=_build(LoggerSpec, "logger", dict(config["logger"])),
+            config=config,
+        )

@@ -1,0 +1,41 @@
+"""Evaluation at every rank: merge the adapter at rank b, run the evaluation sets, unmerge.
+
+Merged weights make each evaluation cost one forward pass of the base model, whatever b is.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator, Sequence
+
+import torch
+from torch import nn
+
+from dylora.progress import bar as progress_bar
+
+from dylora.adapters import merged
+
+
+@torch.no_grad()
+def predict(model: nn.Module, dataset: Sequence[dict], collate: Callable, batch_size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, labels) over ``dataset``, in order."""
+    model.eval()
+    logits, labels = [], []
+    for start in range(0, len(dataset), batch_size):
+        batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        labels.append(batch.pop("labels"))
+        logits.append(model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu())
+    return torch.cat(logits), torch.cat(labels)
+
+
+def rank_sweep(
+    model: nn.Module,
+    ranks: list[int],
+    evaluate: Callable[[nn.Module, int], dict[str, dict[str, float]]],
+    progress: bool = True,
+) -> Iterator[tuple[int, str, str, float]]:
+    """Yield (rank, split, metric, value) for every rank; ``evaluate(model, rank)`` returns {split: {metric: value}}."""
+    for rank in progress_bar(ranks, desc="rank sweep", enabled=progress):
+        with merged(model, rank):
+            for split, values in evaluate(model, rank).items():
+                for metric, value in values.items():
+                    yield rank, split, metric, value

@@ -1,0 +1,224 @@
+"""One training loop for every task, readable top to bottom.
+
+Each optimisation step draws its rank b once (DyLoRA: ``rank_schedule``; LoRA: r_max) and uses
+it for all of that step's micro-batches. The data order of epoch e is a permutation seeded by
+(seed, e), so a run resumed from a checkpoint replays exactly the batches it had not yet seen;
+with the RNG state restored too, a resumed run ends bit-identical to an uninterrupted one.
+Under torch.distributed each process takes its slice of every global batch.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from dylora.progress import bar as progress_bar
+
+from dylora.adapters import adapter_config, hold_untrained_rows, set_rank
+from dylora.adapters.io import adapter_state_dict
+from dylora.errors import TrainingError
+from dylora.records import atomic_write_json, sha256_file
+from dylora.spec import TrainerSpec
+
+
+@dataclass
+class Distributed:
+    """This process's place among ``world`` processes (1 when not distributed)."""
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    seconds: float
+    losses: list[float] = field(default_factory=list)
+    ranks: list[int] = field(default_factory=list)
+
+
+def lr_factor(step: int, total: int, warmup: int) -> float:
+    """Linear warm-up to 1 over ``warmup`` steps, then linear decay to 0 at ``total`` (as HF's schedule)."""
+    if step < warmup:
+        return step / max(1, warmup)
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+def make_optimizer(model: nn.Module, trainer: TrainerSpec) -> torch.optim.AdamW:
+    """AdamW on the trainable parameters; no weight decay on biases and LayerNorm (ndim < 2)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": trainer.weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=trainer.lr)
+
+
+def total_steps(n_examples: int, trainer: TrainerSpec) -> tuple[int, int]:
+    """(optimisation steps per epoch, total optimisation steps)."""
+    per_epoch = max(1, math.ceil(n_examples / (trainer.batch_size * trainer.grad_accum)))
+    total = trainer.max_steps or math.ceil(trainer.epochs * per_epoch)
+    return per_epoch, total
+
+
+def step_indices(n: int, step: int, per_epoch: int, trainer: TrainerSpec, seed: int) -> list[list[int]]:
+    """Example indices of each micro-batch of global step ``step`` (whole batches, all processes)."""
+    epoch, pos = divmod(step, per_epoch)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)).tolist()
+    start = pos * trainer.batch_size * trainer.grad_accum
+    batches = [order[start + i * trainer.batch_size : start + (i + 1) * trainer.batch_size] for i in range(trainer.grad_accum)]
+    return [b for b in batches if b]
+
+
+def train(
+    model: nn.Module,
+    dataset: Sequence[dict],
+    collate: Callable[[list[dict]], dict[str, torch.Tensor]],
+    trainer: TrainerSpec,
+    schedule: Callable[[int], int],
+    seed: int,
+    device: torch.device,
+    checkpoint_dir: Path | None = None,
+    dist: Distributed = Distributed(),
+    on_step: Callable[[int, int, float], None] | None = None,
+    progress: bool = True,
+    ddp_model: nn.Module | None = None,
+) -> TrainResult:
+    """Train ``model`` in place and return what happened. ``ddp_model`` wraps ``model`` under DDP."""
+    forward = ddp_model or model
+    optimizer = make_optimizer(model, trainer)
+    per_epoch, total = total_steps(len(dataset), trainer)
+    warmup = math.ceil(trainer.warmup_ratio * total)
+    result = TrainResult(steps=0, seconds=0.0)
+    if checkpoint_dir is not None:
+        load_checkpoint(checkpoint_dir, model, optimizer, result)
+    bar = progress_bar(total=total, initial=result.steps, desc="train", enabled=progress and dist.is_main)
+    start = time.perf_counter() - result.seconds
+    model.train()
+    while result.steps < total:
+        step = result.steps
+        rank = schedule(step)
+        set_rank(model, rank)
+        for group in optimizer.param_groups:
+            group["lr"] = trainer.lr * lr_factor(step, total, warmup)
+        loss = _accumulate(forward, dataset, collate, step_indices(len(dataset), step, per_epoch, trainer, seed), dist, device)
+        if not math.isfinite(loss):
+            raise TrainingError(
+                f"the training loss became {loss} at step {step} (rank {rank}); lower trainer.lr (now {trainer.lr}) "
+                f"or check the data. The last checkpoint is kept in {checkpoint_dir}"
+            )
+        if trainer.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], trainer.max_grad_norm)
+        with hold_untrained_rows(model):
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        result.steps, result.seconds = step + 1, time.perf_counter() - start
+        result.losses.append(loss)
+        result.ranks.append(rank)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}", rank=rank)
+        if on_step is not None:
+            on_step(step, rank, loss)
+        at_checkpoint = result.steps % trainer.checkpoint_every == 0 or result.steps % per_epoch == 0
+        if checkpoint_dir is not None and dist.is_main and at_checkpoint and result.steps < total:
+            save_checkpoint(checkpoint_dir, model, optimizer, result)
+    bar.close()
+    set_rank(model, adapter_config(model).r_max)
+    return result
+
+
+def _accumulate(forward, dataset, collate, micro_batches, dist: Distributed, device) -> float:
+    """Backward over one step's micro-batches (this process's slice); returns the step's mean loss."""
+    n_step = sum(len(b) for b in micro_batches)
+    total_loss = 0.0
+    for indices in micro_batches:
+        mine = indices[dist.rank :: dist.world]
+        batch = {k: v.to(device) for k, v in collate([dataset[i] for i in mine]).items()}
+        loss = forward(**batch).loss
+        # Weight by this micro-batch's share of the global batch; DDP then averages over processes.
+        (loss * (len(indices) / n_step)).backward()
+        total_loss += loss.item() * len(indices) / n_step
+    return total_loss
+
+
+# ---------------------------------------------------------------------------- checkpoints
+
+STATE = "state-{step}.safetensors"
+POINTER = "latest.json"
+
+
+def save_checkpoint(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer, result: TrainResult) -> None:
+    """Adapter, head, optimizer and RNG state as safetensors; ``latest.json`` (with its sha256) is
+    switched to it only once it is fully written, so a kill at any moment leaves a usable checkpoint."""
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {f"model.{k}": v for k, v in adapter_state_dict(model).items()}
+    opt = optimizer.state_dict()
+    for index, state in opt["state"].items():
+        for key, value in state.items():
+            tensors[f"optim.{index}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    tensors["rng.torch"] = torch.get_rng_state()
+    name = STATE.format(step=result.steps)
+    meta = {"param_groups": json.dumps(opt["param_groups"]), "result": json.dumps(result.__dict__)}
+    save_file(tensors, str(directory / f".{name}.tmp"), metadata=meta)
+    (directory / f".{name}.tmp").replace(directory / name)
+    atomic_write_json(directory / POINTER, {"file": name, "sha256": sha256_file(directory / name)})
+    for old in directory.glob("state-*.safetensors"):
+        if old.name != name:
+            old.unlink()
+
+
+def load_checkpoint(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer, result: TrainResult) -> bool:
+    """Restore the latest checkpoint into model/optimizer/result; False when there is none usable.
+    A checkpoint whose checksum does not match is reported and ignored (training starts over)."""
+    pointer = directory / POINTER
+    if not pointer.exists():
+        return False
+    try:
+        info = json.loads(pointer.read_text())
+        path = directory / info["file"]
+        if sha256_file(path) != info["sha256"]:
+            raise ValueError("checksum mismatch")
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata()
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
+        tqdm.write(f"warning: checkpoint in {directory} is unusable ({e}); training starts from the beginning", file=sys.stderr)
+        return False
+    state = adapter_state_dict(model)
+    with torch.no_grad():
+        params = dict(model.named_parameters()) | dict(model.named_buffers())
+        for key in state:
+            _param_for(model, key, params).copy_(tensors[f"model.{key}"])
+    opt_state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, index, name = key.split(".", 2)
+            opt_state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": opt_state, "param_groups": json.loads(meta["param_groups"])})
+    torch.set_rng_state(tensors["rng.torch"])
+    result.__dict__.update(json.loads(meta["result"]))
+    tqdm.write(f"resuming from step {result.steps} ({path})", file=sys.stderr)
+    return True
+
+
+def _param_for(model: nn.Module, key: str, params: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The model tensor behind an ``adapter_state_dict`` key (adapters are stored by module path)."""
+    if key.endswith(".lora_A") or key.endswith(".lora_B"):
+        module, _, name = key.rpartition(".")
+        return getattr(model.get_submodule(module), name)
+    return params[key]

@@ -1,0 +1,206 @@
+"""dylora-run end to end on tiny-roberta and small GLUE-layout folders the tests write."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import REPO, compose_config, compose_spec, run_cli, tiny_overrides
+
+from dylora import records
+from dylora.errors import ConfigError
+from dylora.runner import execute
+from dylora.spec import RunSpec
+from glue_fixtures import ALL_TASKS, DIR_NAMES, write_glue_dir
+
+EXPECTED_METRICS = {
+    "cola": {"accuracy", "matthews_correlation"},
+    "mrpc": {"accuracy", "f1"},
+    "qqp": {"accuracy", "f1"},
+    "stsb": {"pearson", "spearman"},
+}
+
+
+def only_run(root: Path) -> records.RunRecord:
+    runs = list(records.iter_runs(root))
+    assert len(runs) == 1, [r.path for r in runs]
+    return runs[0]
+
+
+@pytest.mark.slow
+def test_multirun_over_all_eight_glue_formats_writes_complete_records(tmp_path, glue_dir):
+    out = tmp_path / "exp"
+    result = run_cli(["-m", f"task={','.join(ALL_TASKS)}", f"data.glue_dir={glue_dir}", f"out_dir={out}", *tiny_overrides()],
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = {r.task: r for r in records.iter_runs(out)}
+    assert sorted(runs) == sorted(ALL_TASKS)
+    for task, run in runs.items():
+        assert run.done and run.problem is None, (task, run.problem)
+        assert run.path.parent.parent.parent.name == "default"  # <out>/<experiment>/<task>/<method>/<seed-hash>
+        splits = {"validation_matched", "validation_mismatched"} if task == "mnli" else {"validation"}
+        metrics = EXPECTED_METRICS.get(task, {"accuracy"})
+        got = {(m.rank, m.split, m.metric) for m in run.metrics}
+        assert got == {(r, s, m) for r in (1, 2) for s in splits for m in metrics}
+        assert all(m.task == task and m.method == "dylora" and m.seed == 0 for m in run.metrics)
+        assert (run.path / records.ADAPTER).stat().st_size > 0
+        assert run.env["trainable_parameters"]["adapter"] == 2 * 1 * 2 * (32 + 32)  # q, v x 1 layer x r_max 2
+        assert run.env["train_steps"] == 3
+        assert not (run.path / records.CHECKPOINT).exists()
+    assert not (tmp_path / "outputs").exists() and not (tmp_path / "multirun").exists()  # Hydra litters nothing
+
+
+def test_identical_configuration_is_skipped(tmp_path, glue_dir, capsys):
+    spec = compose_spec(tiny_overrides("task=sst2", f"data.glue_dir={glue_dir}", f"out_dir={tmp_path}"))
+    run_dir = execute(spec, progress=False)
+    stamps = {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir()}
+    assert execute(spec, progress=False) == run_dir
+    assert "skip:" in capsys.readouterr().err
+    assert {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir()} == stamps
+    other = compose_spec(tiny_overrides("task=sst2", f"data.glue_dir={glue_dir}", f"out_dir={tmp_path}", "method.alpha=8"))
+    assert records.run_dir_for(tmp_path, other.config) != run_dir  # a variant never collides
+
+
+def test_run_directory_name_ignores_output_paths(glue_dir):
+    a = compose_config(tiny_overrides(f"data.glue_dir={glue_dir}", "out_dir=/a"))
+    b = compose_config(tiny_overrides(f"data.glue_dir={glue_dir}", "out_dir=/b"))
+    assert records.run_dir_for("x", a) == records.run_dir_for("x", b)
+    assert records.run_dir_for("x", a).parts[1:4] == ("default", "sst2", "dylora")
+
+
+@pytest.mark.slow
+def test_sigkilled_run_resumes_and_ends_with_identical_metrics(tmp_path, glue_dir):
+    args = tiny_overrides("task=sst2", f"data.glue_dir={glue_dir}", "trainer.max_steps=60", "trainer.checkpoint_every=5",
+                          "data.max_train_samples=40", "++model.tiny.hidden_dropout_prob=0.1")
+    reference = execute(compose_spec([*args, f"out_dir={tmp_path / 'reference'}"]), progress=False)
+
+    out = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "dylora.run", *args, f"out_dir={out}"], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pointer = None
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        found = list(out.rglob("checkpoint/latest.json"))
+        if found and json.loads(found[0].read_text())["file"] != "state-5.safetensors":
+            pointer = found[0]
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert pointer is not None, "the run finished or never checkpointed before it could be killed"
+    run_dir = pointer.parent.parent
+    assert not (run_dir / records.DONE).exists()
+
+    resumed = run_cli([*args, f"out_dir={out}"], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from step" in resumed.stderr
+    assert (run_dir / records.METRICS).read_text() == (reference / records.METRICS).read_text()
+
+
+def test_wandb_offline_run_holds_the_rank_table(tmp_path, glue_dir, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    spec = compose_spec(tiny_overrides("task=sst2", f"data.glue_dir={glue_dir}", f"out_dir={tmp_path}", "logger=wandb"))
+    run_dir = execute(spec, progress=False)
+    offline = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(offline) == 1
+    tables = list(offline[0].rglob("*.table.json"))
+    assert tables, "no W&B table was written"
+    full = [json.loads(t.read_text()) for t in tables if json.loads(t.read_text())["columns"] == ["rank", "split", "metric", "value"]]
+    assert full and sorted({row[0] for row in full[0]["data"]}) == [1, 2]
+    import wandb
+
+    assert wandb.run is None  # the job finished its W&B run
+
+
+# ---------------------------------------------------------------------------- bad input
+
+
+def test_invalid_values_are_refused_before_anything_runs(glue_dir):
+    cases = [
+        (["method.r_min=3"], "r_min=3 is larger than r_max=2"),
+        (["method.eval_ranks=[0,2]"], r"eval_ranks=\[0, 2\] must be ranks within 1..r_max=2"),
+        (["method.eval_ranks=[3]"], r"within 1..r_max=2"),
+        (["trainer.lr=-1"], r"trainer.lr=-1"),
+        (["+method.rank=3"], r"unknown adapter option\(s\) \['rank'\]"),
+        (["seed=-1"], "seed=-1"),
+    ]
+    for extra, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            RunSpec.from_dict(compose_config(tiny_overrides(f"data.glue_dir={glue_dir}", *extra)))
+
+
+def _bad_glue_dirs(root: Path) -> dict[str, tuple[Path, str, str]]:
+    """name -> (glue_dir, task, expected message fragment)."""
+    cases = {}
+    missing = write_glue_dir(root / "missing", tasks=("rte",), n_train=8, n_dev=4)
+    (missing / "RTE" / "dev.tsv").unlink()
+    cases["missing file"] = (missing, "rte", "RTE/dev.tsv")
+    malformed = write_glue_dir(root / "malformed", tasks=("sst2",), n_train=8, n_dev=4)
+    with open(malformed / "SST-2" / "train.tsv", "a") as f:
+        f.write("a row without its label\n")
+    cases["malformed row"] = (malformed, "sst2", "train.tsv, line 10")
+    label = write_glue_dir(root / "label", tasks=("cola",), n_train=8, n_dev=4)
+    lines = (label / "CoLA" / "dev.tsv").read_text().splitlines()
+    parts = lines[2].split("\t")
+    parts[1] = "7"
+    lines[2] = "\t".join(parts)
+    (label / "CoLA" / "dev.tsv").write_text("\n".join(lines) + "\n")
+    cases["label out of range"] = (label, "cola", "dev.tsv, line 3")
+    empty = write_glue_dir(root / "empty", tasks=("sst2",), n_train=8, n_dev=4)
+    (empty / "SST-2" / "dev.tsv").write_text("sentence\tlabel\n")
+    cases["empty split"] = (empty, "sst2", "dev.tsv")
+    return cases
+
+
+@pytest.mark.slow
+def test_bad_input_stops_with_one_clear_message_and_keeps_finished_results(tmp_path, glue_dir):
+    out = tmp_path / "exp"
+    good = run_cli(["task=sst2", f"data.glue_dir={glue_dir}", f"out_dir={out}", *tiny_overrides()], cwd=tmp_path)
+    assert good.returncode == 0, good.stderr[-3000:]
+    finished = only_run(out)
+    stamps = {p.name: p.stat().st_mtime_ns for p in finished.path.iterdir()}
+
+    cases = {name: ([f"task={task}", f"data.glue_dir={d}"], fragment) for name, (d, task, fragment) in _bad_glue_dirs(tmp_path).items()}
+    cases["unknown model"] = (["model=gpt5"], "tiny-roberta")
+    cases["unknown task"] = (["task=squad"], "sst2")
+    cases["unknown method"] = (["method=dora"], "dylora_frozen")
+    cases["r_min > r_max"] = (["method.r_min=3", f"data.glue_dir={glue_dir}"], "r_min=3 is larger than r_max=2")
+    cases["eval rank outside"] = (["method.eval_ranks=[5]", f"data.glue_dir={glue_dir}"], "eval_ranks=[5]")
+    cases["NaN loss"] = ([f"data.glue_dir={glue_dir}", "trainer.lr=1e30", "trainer.max_grad_norm=null", "trainer.max_steps=20"],
+                         "the training loss became nan")
+    for name, (extra, fragment) in cases.items():
+        result = run_cli([*tiny_overrides(*extra), f"out_dir={out}"], cwd=tmp_path)
+        assert result.returncode == 1, (name, result.stderr[-2000:])
+        assert fragment in result.stderr, (name, result.stderr[-2000:])
+        assert "Traceback" not in result.stderr, (name, result.stderr[-2000:])
+
+    assert records.verify_done(finished.path)
+    assert {p.name: p.stat().st_mtime_ns for p in finished.path.iterdir()} == stamps
+
+
+def test_corrupted_record_is_reported_moved_aside_and_rerun(tmp_path, glue_dir, capsys):
+    spec = compose_spec(tiny_overrides("task=sst2", f"data.glue_dir={glue_dir}", f"out_dir={tmp_path}"))
+    run_dir = execute(spec, progress=False)
+    with open(run_dir / records.METRICS, "a") as f:
+        f.write('{"task": "sst2"}\n')
+    assert execute(spec, progress=False) == run_dir
+    err = capsys.readouterr().err
+    assert "does not match the checksum" in err and "running it again" in err
+    assert records.verify_done(run_dir)
+    assert len(list(run_dir.parent.glob(f"{run_dir.name}.corrupt-*"))) == 1
+
+
+def test_python_dash_m_and_console_script_are_the_same_app(tmp_path):
+    via_module = run_cli(["--help"], cwd=tmp_path)
+    assert via_module.returncode == 0 and "model: " in via_module.stdout and "tiny-roberta" in via_module.stdout
+    script = Path(sys.executable).parent / "dylora-run"
+    via_script = subprocess.run([str(script), "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert via_script.returncode == 0 and via_script.stdout == via_module.stdout
