@@ -1,0 +1,78 @@
+"""The training loop's pieces, each against an independent computation."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from transformers import DataCollatorWithPadding, get_linear_schedule_with_warmup
+
+from dylora import AdapterConfig, add_adapters, adapter_layers, rank_schedule
+from dylora.models import load_model, load_tokenizer
+from dylora.spec import ModelSpec, TrainerSpec
+from dylora.train import lr_factor, step_indices, total_steps, train
+
+
+@pytest.mark.parametrize("total,warmup", [(100, 6), (10, 0), (7, 7)])
+def test_lr_schedule_equals_transformers_linear_warmup(total, warmup):
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = get_linear_schedule_with_warmup(opt, warmup, total)
+    for step in range(total):
+        assert lr_factor(step, total, warmup) == pytest.approx(opt.param_groups[0]["lr"], abs=1e-12)
+        opt.step()
+        sched.step()
+
+
+def test_each_epoch_visits_every_example_once_in_a_seeded_order():
+    trainer = TrainerSpec(batch_size=4, grad_accum=2, epochs=2)
+    n = 21
+    per_epoch, total = total_steps(n, trainer)
+    assert (per_epoch, total) == (3, 6)  # ceil(21 / 8)
+    for epoch in range(2):
+        seen = [i for s in range(epoch * per_epoch, (epoch + 1) * per_epoch) for b in step_indices(n, s, per_epoch, trainer, 5) for i in b]
+        assert sorted(seen) == list(range(n))
+    first = [step_indices(n, s, per_epoch, trainer, 5) for s in range(per_epoch)]
+    assert first == [step_indices(n, s, per_epoch, trainer, 5) for s in range(per_epoch)]
+    assert first != [step_indices(n, s, per_epoch, trainer, 6) for s in range(per_epoch)]
+    assert step_indices(n, 0, per_epoch, trainer, 5) != step_indices(n, per_epoch, per_epoch, trainer, 5)  # reshuffled
+
+
+def tiny_setup(method: str = "dylora"):
+    spec = ModelSpec(name="tiny-roberta", source="tiny", max_length=32,
+                     tiny={"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64,
+                           "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0})
+    tokenizer = load_tokenizer(spec)
+    model = load_model(spec, tokenizer, 2)
+    torch.manual_seed(0)
+    add_adapters(model, AdapterConfig(method=method, r_max=4, alpha=8))
+    gen = torch.Generator().manual_seed(0)
+    rows = [{"input_ids": [101, *torch.randint(1000, 2000, (6,), generator=gen).tolist(), 102], "labels": i % 2} for i in range(16)]
+    return model, DataCollatorWithPadding(tokenizer), rows
+
+
+def test_one_rank_per_step_for_every_micro_batch():
+    model, collate, rows = tiny_setup()
+    seen: list[int] = []
+    layer = next(layer for _, layer in adapter_layers(model))
+    layer.register_forward_pre_hook(lambda m, args: seen.append(m.rank))
+    trainer = TrainerSpec(batch_size=2, grad_accum=3, max_steps=5, warmup_ratio=0.0)
+    schedule = rank_schedule(layer.config, seed=3)
+    result = train(model, rows, collate, trainer, schedule, seed=3, device=torch.device("cpu"), progress=False)
+    assert result.ranks == [schedule(s) for s in range(5)]
+    per_epoch, _ = total_steps(len(rows), trainer)
+    micro = [len(step_indices(len(rows), s, per_epoch, trainer, 3)) for s in range(5)]
+    assert micro[:2] == [3, 3] and micro[2] == 2  # 16 rows: an epoch's last step is short
+    assert seen == [r for r, m in zip(result.ranks, micro) for _ in range(m)]  # the step's rank on every micro-batch
+
+
+def test_gradient_accumulation_equals_one_larger_batch():
+    model, collate, rows = tiny_setup(method="lora")
+    other = copy.deepcopy(model)
+    kwargs = dict(collate=collate, schedule=lambda step: 4, seed=1, device=torch.device("cpu"), progress=False)
+    train(model, rows, trainer=TrainerSpec(batch_size=4, grad_accum=2, max_steps=2, warmup_ratio=0.0), **kwargs)
+    train(other, rows, trainer=TrainerSpec(batch_size=8, grad_accum=1, max_steps=2, warmup_ratio=0.0), **kwargs)
+    for (_, a), (_, b) in zip(adapter_layers(model), adapter_layers(other)):
+        torch.testing.assert_close(a.lora_A, b.lora_A, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(a.lora_B, b.lora_B, rtol=1e-5, atol=1e-6)
+        assert a.lora_B.abs().sum() > 0  # it did train
