@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import REPO, compose_config, compose_spec, run_cli, tiny_overrides
 
 from dylora import records
@@ -204,3 +205,28 @@ def test_python_dash_m_and_console_script_are_the_same_app(tmp_path):
     script = Path(sys.executable).parent / "dylora-run"
     via_script = subprocess.run([str(script), "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert via_script.returncode == 0 and via_script.stdout == via_module.stdout
+
+
+def test_init_from_takes_the_finished_mnli_adapter_and_refuses_when_it_is_missing(tmp_path, glue_dir):
+    from safetensors.torch import load_file
+
+    from dylora import adapter_layers, add_adapters
+    from dylora.models import load_model, load_tokenizer
+    from dylora.runner import _init_from
+
+    mrpc = compose_spec(tiny_overrides("task=mrpc", f"data.glue_dir={glue_dir}", f"out_dir={tmp_path}", "+trainer.per_task.mrpc.init_from=mnli"))
+    assert mrpc.trainer.init_from == "mnli"  # per_task values apply to their task only
+
+    def fresh_model():
+        tokenizer = load_tokenizer(mrpc.model)
+        return add_adapters(load_model(mrpc.model, tokenizer, 2), mrpc.adapter)
+
+    with pytest.raises(ConfigError, match="run task=mnli first"):
+        _init_from(mrpc, fresh_model())
+    mnli_dir = execute(compose_spec(tiny_overrides("task=mnli", f"data.glue_dir={glue_dir}", f"out_dir={tmp_path}")), progress=False)
+    model = fresh_model()
+    _init_from(mrpc, model)
+    saved = load_file(str(mnli_dir / records.ADAPTER))
+    for name, layer in adapter_layers(model):
+        assert torch.equal(layer.lora_A, saved[f"{name}.lora_A"]) and torch.equal(layer.lora_B, saved[f"{name}.lora_B"])
+        assert saved[f"{name}.lora_B"].abs().sum() > 0
