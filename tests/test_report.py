@@ -312,3 +312,63 @@ def test_cli_error_is_one_line_without_traceback(tmp_path):
     assert done.stderr.strip().splitlines() == [
         f"dylora-report: error: out_dir={tmp_path / 'missing'} is not a directory; "
         "pass out_dir=DIR holding the run records"]
+
+
+# ---------------------------------------------------------------------------- NLG (EACL Tables 6 and 9)
+
+NLG_SPLITS = {"e2e": ["test"], "dart": ["test"], "webnlg": ["test_all", "test_seen", "test_unseen"]}
+
+
+def nlg_value(task, metric, method, seed, rank):
+    """As dylora.metrics.nlg returns them: E2E BLEU/METEOR/ROUGE-L and METEOR in 0..1, DART/WebNLG BLEU 0..100."""
+    base = {"bleu": 0.6 if task == "e2e" else 45.0, "nist": 8.0, "meteor": 0.4, "rouge_l": 0.65, "cider": 2.0,
+            "ter": 0.5}[metric]
+    return base + (-0.01 if metric == "ter" else 0.01) * rank + 0.001 * seed + (method == "lora") * 0.002
+
+
+def write_nlg_run(out_dir, task, method, seed):
+    cfg = {**config(task, method, seed), "experiment": "nlg"}
+    cfg["method"] = {**cfg["method"], "r_max": 4, "alpha": 32}
+    run_dir = run_dir_for(out_dir, cfg)
+    write_config(run_dir, cfg)
+    metrics = ("bleu", "nist", "meteor", "rouge_l", "cider") if task == "e2e" else ("bleu", "meteor", "ter")
+    write_metrics(run_dir, [MetricRow(task, method, seed, r, split, m, nlg_value(task, m, method, seed, r))
+                            for r in range(1, 5) for split in NLG_SPLITS[task] for m in metrics])
+    mark_done(run_dir)
+
+
+def test_nlg_tables_scale_each_metric_per_task_beside_the_paper(tmp_path):
+    for task in NLG_SPLITS:
+        for method in ("lora", "dylora"):
+            for seed in (10, 42):
+                write_nlg_run(tmp_path / "exp", task, method, seed)
+    report.build_report(tmp_path / "exp", tmp_path / "res")
+    res = tmp_path / "res" / "nlg"
+
+    def nlg_cell(csv, method, rank, source, task, split, metric):
+        hit = csv[(csv["method"] == method) & (csv["row"] == rank) & (csv["source"] == source) & (csv["task"] == task)
+                  & (csv["split"] == split) & (csv["metric"] == metric)]
+        assert len(hit) == 1, (method, rank, source, task, split, metric)
+        return hit.iloc[0]
+
+    def mean(task, metric, method, rank, scale):
+        return scale * statistics.mean(nlg_value(task, metric, method, s, rank) for s in (10, 42))
+
+    t6, t9 = pd.read_csv(res / "table6.csv"), pd.read_csv(res / "table9.csv")
+    assert nlg_cell(t6, "dylora", 2, "ours", "e2e", "test", "bleu")["mean"] == pytest.approx(mean("e2e", "bleu", "dylora", 2, 100))
+    assert nlg_cell(t6, "dylora", 2, "ours", "e2e", "test", "nist")["mean"] == pytest.approx(mean("e2e", "nist", "dylora", 2, 1))
+    assert nlg_cell(t6, "dylora", 1, "paper", "e2e", "test", "bleu")["mean"] == 68.86  # EACL Table 6, printed x100
+    ours = nlg_cell(t6, "lora", 1, "ours", "e2e", "test", "rouge_l")["mean"]
+    assert nlg_cell(t6, "lora", 1, "delta", "e2e", "test", "rouge_l")["mean"] == pytest.approx(ours - 18.79)
+    dart_bleu = nlg_cell(t9, "lora", 1, "ours", "dart", "test", "bleu")["mean"]
+    assert dart_bleu == pytest.approx(mean("dart", "bleu", "lora", 1, 1))  # already 0..100: not x100
+    assert nlg_cell(t9, "lora", 1, "paper", "dart", "test", "bleu")["mean"] == 0.71
+    assert nlg_cell(t9, "dylora", 3, "ours", "webnlg", "test_seen", "ter")["mean"] == pytest.approx(
+        mean("webnlg", "ter", "dylora", 3, 1))
+    assert set(t9.loc[t9["split"] == "test_seen", "source"]) == {"ours"}  # the paper has no seen/unseen rows
+    best_ter = t9[(t9["source"] == "ours") & (t9["metric"] == "ter") & t9["best"]]
+    assert set(best_ter["row"]) == {4}  # TER falls with rank here: lower is better
+    t2 = pd.read_csv(res / "table2.csv")
+    assert cell(t2, "dylora", 2, "ours", "webnlg")["mean"] == pytest.approx(mean("webnlg", "bleu", "dylora", 2, 1))
+    assert (res / "rank_curves_table6.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| Method | Row | Source | E2E BLEU | E2E NIST |" in (res / "table6.md").read_text()

@@ -46,8 +46,11 @@ SOURCES = ("ours", "paper", "delta")
 SOURCE_LABELS = {"ours": "ours", "paper": "paper", "delta": "Δ"}
 AVG = "avg"
 
-# Metrics that arrive as fractions in 0..1 and are shown as percent, like the paper.
+# Metrics that arrive as fractions in 0..1 and are shown as percent, like the paper (E2E BLEU,
+# METEOR and ROUGE-L included: EACL Table 6 prints them x100). NIST, CIDEr and TER stay raw.
 PERCENT = {"accuracy", "f1", "matthews_correlation", "pearson", "spearman", "bleu", "meteor", "rouge_l"}
+# ...except DART/WebNLG BLEU, which dylora.metrics.nlg already returns on 0..100 (multi-bleu's scale).
+ALREADY_PERCENT = {("dart", "bleu"), ("webnlg", "bleu")}
 LOWER_IS_BETTER = {"ter"}
 # A task without a fixed metric (synthetic, later tasks) uses the first of these it measured.
 FALLBACK_METRICS = ("accuracy", "f1", "matthews_correlation", "pearson", "bleu")
@@ -74,7 +77,10 @@ TABLE1_METRICS = {
     "rte": _acc(),
     "stsb": MetricSpec("pearson", ("validation",)),
 }
-TABLE2_METRICS = {**TABLE1_METRICS, "mnli": _acc("validation_matched"), "mrpc": MetricSpec("f1", ("validation",))}
+TABLE2_METRICS = {**TABLE1_METRICS, "mnli": _acc("validation_matched"), "mrpc": MetricSpec("f1", ("validation",)),
+                  # NLG: BLEU on the test set, WebNLG on all categories (the paper's number is "All")
+                  "e2e": MetricSpec("bleu", ("test",)), "dart": MetricSpec("bleu", ("test",)),
+                  "webnlg": MetricSpec("bleu", ("test_all",))}
 
 # Where each task's paper numbers are: (paper_version, table).
 TABLE1_PAPER = {t: (paper.WORKSHOP, "Table 1") for t in GLUE}
@@ -88,9 +94,9 @@ TABLE2_PAPER = {
 # The paper's setup (Table 8 of the EACL paper), to name every departure from it.
 PAPER_SETUP = {
     "glue": {"model.name": "roberta-base", "method.r_min": 1, "method.r_max": 8, "method.alpha": 16,
-             "trainer.epochs": 30, "trainer.lr": 4e-4, "trainer.batch_size": 32, "seeds": 5},
+             "trainer.epochs": 30, "trainer.lr": 4e-4, "trainer.batch_size": 32, "seeds": 5, "model.max_length": 512},
     "nlg": {"model.name": "gpt2-medium", "method.r_min": 1, "method.r_max": 4, "method.alpha": 32,
-            "trainer.epochs": 5, "trainer.lr": 2e-4, "trainer.batch_size": 8, "seeds": 3},
+            "trainer.epochs": 5, "trainer.lr": 2e-4, "trainer.batch_size": 8, "seeds": 3, "model.max_length": 512},
 }
 # Which update rule the paper's label means (EACL Tables 2 and 4).
 PAPER_UPDATE_RULE = {"dylora": "all", "dylora_frozen": "frozen"}
@@ -136,6 +142,11 @@ def _get(config: dict[str, Any], dotted: str) -> Any:
             return None
         node = node[key]
     return node
+
+
+def metric_scale(task: str, metric: str) -> float:
+    """Factor from the value a run records to the value shown (percent for 0..1 fractions)."""
+    return 100.0 if metric in PERCENT and (task, metric) not in ALREADY_PERCENT else 1.0
 
 
 def _experiment_of(record: RunRecord, root: Path) -> str:
@@ -234,7 +245,7 @@ def scores(exp: Experiment, specs: dict[str, MetricSpec]) -> tuple[pd.DataFrame,
         sel = measured[(measured["metric"] == spec.metric) & measured["split"].isin(spec.splits)]
         agg = sel.groupby(["method", "seed", "rank"], as_index=False)["value"].agg(["mean", "count"])
         whole = agg[agg["count"] == len(spec.splits)]  # a rank lacking a split (MNLI mm) is not averaged
-        scale = 100.0 if spec.metric in PERCENT else 1.0
+        scale = metric_scale(task, spec.metric)
         parts.append(whole.assign(task=task, metric=spec.metric, value=whole["mean"] * scale))
         issues += _short_runs(exp, task, spec, whole)
     columns = ["task", "method", "seed", "rank", "metric", "value"]
@@ -265,6 +276,11 @@ class Table:
     tasks: list[str]  # column order, config names
     notes: list[str] = field(default_factory=list)
     issues: list[Issue] = field(default_factory=list)
+    # NLG tables (6, 9) have a column per task, split and metric, and no Avg
+    column_field: str = "task"
+    labels: dict[str, str] = field(default_factory=dict)  # column -> header
+    avg: bool = True
+    csv_columns: list[str] = field(default_factory=lambda: list(CSV_COLUMNS))
 
 
 # A row function yields, per (task, method) group: (sort key, row label, the paper's rank label, value per seed).
@@ -424,6 +440,161 @@ def _common_notes(exp: Experiment) -> list[str]:
     ]
 
 
+# ---------------------------------------------------------------------------- NLG tables (EACL 6 and 9)
+
+
+@dataclass(frozen=True)
+class NLGColumn:
+    task: str
+    split: str
+    metric: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.task}/{self.split}/{self.metric}"
+
+
+_E2E = [NLGColumn("e2e", "test", m) for m in ("bleu", "nist", "meteor", "rouge_l", "cider")]
+_DART_WEBNLG = (
+    [NLGColumn("dart", "test", m) for m in ("bleu", "meteor", "ter")]
+    + [NLGColumn("webnlg", "test_all", m) for m in ("bleu", "meteor", "ter")]
+    + [NLGColumn("webnlg", f"test_{s}", m) for s in ("seen", "unseen") for m in ("bleu", "ter")]
+)
+# name, the paper's table, columns; the paper's WebNLG number is the "All" test set (setup doc §7).
+NLG_TABLES = (("table6", "Table 6", _E2E), ("table9", "Table 9", _DART_WEBNLG))
+PAPER_SPLITS = {"test", "test_all"}
+NLG_CSV_COLUMNS = ["method", "row", "source", "task", "split", "metric", "mean", "std", "n_seeds", "best"]
+_METRIC_LABELS = {"bleu": "BLEU", "nist": "NIST", "meteor": "METEOR", "rouge_l": "ROUGE-L", "cider": "CIDEr",
+                  "ter": "TER"}
+
+
+def _column_label(col: NLGColumn) -> str:
+    subset = col.split.removeprefix("test_") if col.split.startswith("test_") else ""
+    return " ".join(x for x in (paper.TASKS.get(col.task, col.task), subset, _METRIC_LABELS[col.metric]) if x)
+
+
+def nlg_scores(exp: Experiment, columns: list[NLGColumn]) -> tuple[pd.DataFrame, list[Issue]]:
+    """One shown value per column, method, seed and rank (see ``metric_scale``); runs short of a rank as issues."""
+    metrics, parts, issues = exp.metrics(), [], []
+    run_tasks = {r.task for r in exp.used}
+    for col in (c for c in columns if c.task in run_tasks):
+        sel = metrics[(metrics["task"] == col.task) & (metrics["split"] == col.split) & (metrics["metric"] == col.metric)]
+        whole = sel.groupby(["method", "seed", "rank"], as_index=False)["value"].mean()
+        parts.append(whole.assign(column=col.key, task=col.task, split=col.split, metric=col.metric,
+                                  value=whole["value"] * metric_scale(col.task, col.metric)))
+        issues += _short_runs(exp, col.task, MetricSpec(col.metric, (col.split,)), whole)
+    return (pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()), issues
+
+
+def _nlg_ours(exp: Experiment, sc: pd.DataFrame) -> list[dict[str, Any]]:
+    cells = []
+    for (column, method), g in sc.groupby(["column", "method"], sort=False):
+        task, split, metric = g.iloc[0][["task", "split", "metric"]]
+        _, r_max = exp.rank_range(str(task), str(method))
+        for rank, at_rank in g[g["rank"] <= r_max].groupby("rank"):
+            mean, std = _stats(at_rank.set_index("seed")["value"])
+            cells.append(dict(method=method, row=str(rank), key=int(rank), paper_rank=str(rank), source="ours",
+                              column=column, task=task, split=split, metric=metric, mean=mean, std=std,
+                              n_seeds=len(at_rank)))
+    return cells
+
+
+def _nlg_paper(ours: pd.DataFrame, table: str) -> list[dict[str, Any]]:
+    cells = []
+    for c in ours[ours["split"].isin(PAPER_SPLITS)].to_dict("records"):
+        entry = paper.paper_entry(table, c["method"], c["task"], c["metric"], c["paper_rank"], paper.EACL)
+        if entry is not None:
+            std = math.nan if entry.std is None else entry.std
+            cells.append(dict(c, source="paper", mean=entry.value, std=std, n_seeds=math.nan))
+    return cells
+
+
+def _nlg_best(cells: pd.DataFrame) -> pd.DataFrame:
+    """best=True on the ours row with the best mean per method and column (lower for TER)."""
+    cells = cells.assign(best=False)
+    ours = cells[(cells["source"] == "ours") & cells["mean"].notna()].sort_values("key")
+    for (_, column), g in ours.groupby(["method", "column"]):
+        lower = g["metric"].iloc[0] in LOWER_IS_BETTER
+        cells.loc[g["mean"].idxmin() if lower else g["mean"].idxmax(), "best"] = True
+    return cells
+
+
+def nlg_table(exp: Experiment, name: str, paper_table: str, columns: list[NLGColumn]) -> Table:
+    """EACL Table 6/9 shape: a row per rank and method, a column per task, split and metric."""
+    sc, issues = nlg_scores(exp, columns)
+    title = f"{paper_table} shape ({exp.name}): every rank 1..r_max, mean ± std over seeds"
+    shown = [c for c in columns if not sc.empty and c.key in set(sc["column"])]
+    table = Table(name, title, pd.DataFrame(columns=NLG_CSV_COLUMNS + ["key", "column"]), [c.key for c in shown],
+                  issues=issues, column_field="column", labels={c.key: _column_label(c) for c in shown}, avg=False,
+                  csv_columns=NLG_CSV_COLUMNS)
+    if shown:
+        ours = pd.DataFrame(_nlg_ours(exp, sc))
+        theirs = pd.DataFrame(_nlg_paper(ours, paper_table))
+        on = ["method", "row", "key", "paper_rank", "column"]
+        cells = [ours, theirs]
+        if not theirs.empty:
+            both = ours.merge(theirs[on + ["mean"]], on=on, suffixes=("", "_paper"))
+            cells.append(both.assign(source="delta", mean=both["mean"] - both["mean_paper"], std=math.nan,
+                                     n_seeds=math.nan).drop(columns="mean_paper"))
+        table.cells = _nlg_sorted(_nlg_best(pd.concat(cells, ignore_index=True)), [c.key for c in shown])
+    table.notes = [
+        "Scales: E2E BLEU, METEOR and ROUGE-L, and every METEOR, x100 (they are recorded in 0..1); DART/WebNLG "
+        "BLEU as recorded (0..100, multi-bleu); NIST, CIDEr and TER raw (TER lower is better). Bold: best rank.",
+        f"paper = {paper.EACL} {paper_table} (LoRA: one run trained at r_max, no std; DyLoRA: mean ± std over "
+        "seeds); Δ = ours − paper. The paper's WebNLG number is compared with our all-categories test set; "
+        "it prints no METEOR for DART/WebNLG and no seen/unseen split.",
+        "ours = mean ± sample std (ddof=1) over seeds. " + _decoding_note(exp.used),
+    ] + _common_notes(exp)[1:]
+    return table
+
+
+def _decoding_note(runs: list[RunRecord]) -> str:
+    return (f"Decoding: beams {_values(runs, 'task.num_beams')}, length penalty {_values(runs, 'task.length_penalty')}, "
+            f"no-repeat n-gram {_values(runs, 'task.no_repeat_ngram_size')} (generated tokens only), max new tokens "
+            f"{_values(runs, 'task.max_new_tokens')}; label smoothing {_values(runs, 'trainer.label_smoothing')}, "
+            f"warm-up steps {_values(runs, 'trainer.warmup_steps')}.")
+
+
+def _nlg_sorted(cells: pd.DataFrame, order: list[str]) -> pd.DataFrame:
+    method_rank = {m: i for i, m in enumerate(_method_order(cells["method"].unique()))}
+    keys = dict(_m=cells["method"].map(method_rank), _s=cells["source"].map(SOURCES.index),
+                _c=cells["column"].map(order.index))
+    ordered = cells.assign(**keys).sort_values(["_m", "key", "_s", "_c"], kind="stable")
+    return ordered.drop(columns=list(keys)).astype({"n_seeds": "Int64"}).reset_index(drop=True)
+
+
+def nlg_tables(exp: Experiment) -> list[Table]:
+    """Table 6 when the experiment has E2E runs, Table 9 when it has DART or WebNLG runs."""
+    tasks = {r.task for r in exp.used}
+    return [nlg_table(exp, name, table, cols) for name, table, cols in NLG_TABLES
+            if tasks & {c.task for c in cols}]
+
+
+def plot_nlg_curves(table: Table, dest: Path) -> list[Path]:
+    """One figure per NLG table: a panel per column, metric vs rank per method, the paper's points as crosses."""
+    if not table.tasks:
+        return []
+    n = len(table.tasks)
+    fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.2), squeeze=False)
+    for ax, column in zip(axes[0], table.tasks):
+        of_col = table.cells[table.cells["column"] == column]
+        for i, method in enumerate(_method_order(of_col["method"].unique())):
+            mine = of_col[of_col["method"] == method]
+            ours, theirs = mine[mine["source"] == "ours"], mine[mine["source"] == "paper"]
+            label = paper.METHODS.get(method, method)
+            ax.plot(ours["key"], ours["mean"], marker="o", color=f"C{i}", label=label)
+            if not theirs.empty:
+                ax.scatter(theirs["key"], theirs["mean"], marker="x", color=f"C{i}", label=f"{label} (paper)")
+        ax.set(xlabel="rank b", title=table.labels.get(column, column))
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize="x-small")
+    paths = [dest / f"rank_curves_{table.name}.{ext}" for ext in ("png", "svg")]
+    for path in paths:
+        fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return paths
+
+
 # ---------------------------------------------------------------------------- footnotes
 
 
@@ -505,6 +676,9 @@ def _run_departures(r: RunRecord) -> Iterator[str]:
     epochs = _number(_get(c, "trainer.epochs"))
     if epochs is not None and epochs < setup["trainer.epochs"]:
         yield f"trainer.epochs {_get(c, 'trainer.epochs')} (paper: {setup['trainer.epochs']})"
+    length = _number(_get(c, "model.max_length"))
+    if length is not None and length < setup["model.max_length"]:  # longer inputs are truncated
+        yield f"model.max_length {_get(c, 'model.max_length')} (paper: {setup['model.max_length']})"
     for key in ("trainer.max_steps", "data.max_train_samples", "data.max_eval_samples"):
         cap = _number(_get(c, key))
         if cap is not None and cap > 0:  # null or -1 means "no cap"
@@ -541,11 +715,12 @@ def _fmt(mean: float, std: float, source: str) -> str:
 
 def _grid(table: Table) -> tuple[list[str], list[list[tuple[str, bool]]]]:
     """Header and rows of (text, bold) cells, one row per method, row and source."""
-    columns = table.tasks + [AVG]
-    header = ["Method", "Row", "Source"] + [paper.TASKS.get(t, t) for t in table.tasks] + ["Avg"]
+    columns = table.tasks + ([AVG] if table.avg else [])
+    header = ["Method", "Row", "Source"] + [table.labels.get(t, paper.TASKS.get(t, t)) for t in table.tasks]
+    header += ["Avg"] if table.avg else []
     rows = []
     for (method, row, _key, source), g in table.cells.groupby(["method", "row", "key", "source"], sort=False):
-        by_task = g.set_index("task")
+        by_task = g.set_index(table.column_field)
         cells = [(paper.METHODS.get(method, method), False), (str(row), False), (SOURCE_LABELS[source], False)]
         for t in columns:
             if t in by_task.index:
@@ -609,7 +784,7 @@ def write_table(table: Table, exp: Experiment, dest: Path) -> list[Path]:
     md += "\n" + issues_markdown(_all_issues(exp, table.issues))
     paths = [dest / f"{table.name}.{ext}" for ext in ("md", "csv", "tex")]
     paths[0].write_text(md)
-    table.cells[CSV_COLUMNS].to_csv(paths[1], index=False)
+    table.cells[table.csv_columns].to_csv(paths[1], index=False)
     paths[2].write_text(latex_table(header, rows, table.title, notes))
     return paths
 
@@ -671,7 +846,7 @@ def plot_rank_curves(exp: Experiment, dest: Path) -> list[Path]:
         for i, method in enumerate(_method_order(of_task["method"])):
             _plot_method(ax, of_task[of_task["method"] == method].sort_values("rank"), method, task, f"C{i}")
         metric = of_task["metric"].iloc[0]
-        ax.set(xlabel="rank b", ylabel=f"{metric}{' (%)' if metric in PERCENT else ''}",
+        ax.set(xlabel="rank b", ylabel=f"{metric}{' (x100)' if metric_scale(task, metric) == 100 else ''}",
                title=f"{paper.TASKS.get(task, task)} ({exp.name})")
         ax.legend(fontsize="small")
         ax.grid(alpha=0.3)
@@ -756,6 +931,8 @@ def write_report(exp: Experiment, results_dir: str | Path, tolerance: float = 1.
     dest = Path(results_dir) / exp.name
     dest.mkdir(parents=True, exist_ok=True)
     paths = write_table(table1(exp), exp, dest) + write_table(table2(exp), exp, dest)
+    for table in nlg_tables(exp):
+        paths += write_table(table, exp, dest) + plot_nlg_curves(table, dest)
     return paths + plot_rank_curves(exp, dest) + write_summary(exp, dest, tolerance)
 
 

@@ -65,10 +65,27 @@ class TaskSpec:
     n_train: int = 2000
     n_eval: int = 1000
     keep: float = 1.0
+    # nlg tasks only: which splits to decode, WebNLG category subsets, beam-search settings
+    eval_splits: list[str] = field(default_factory=lambda: ["test"])
+    webnlg_subsets: list[str] = field(default_factory=lambda: ["all", "seen", "unseen"])
+    num_beams: int = 10
+    length_penalty: float = 0.8
+    no_repeat_ngram_size: int = 4
+    max_new_tokens: int = 64
 
     def __post_init__(self) -> None:
         if self.kind not in TASK_KINDS:
             raise ConfigError(f"task.kind={self.kind!r} is not one of {TASK_KINDS}")
+        for name in ("num_beams", "max_new_tokens"):
+            _positive("task", name, getattr(self, name))
+        if self.no_repeat_ngram_size < 0:
+            raise ConfigError(f"task.no_repeat_ngram_size={self.no_repeat_ngram_size!r} must be >= 0 (0: no ban)")
+        bad = [s for s in self.eval_splits if s not in ("validation", "test")]
+        if bad or not self.eval_splits:
+            raise ConfigError(f"task.eval_splits={self.eval_splits!r} must list validation and/or test")
+        bad = [s for s in self.webnlg_subsets if s not in ("all", "seen", "unseen")]
+        if bad or not self.webnlg_subsets:
+            raise ConfigError(f"task.webnlg_subsets={self.webnlg_subsets!r} must list all, seen and/or unseen")
 
 
 @dataclass
@@ -92,6 +109,8 @@ class TrainerSpec:
     lr: float = 4e-4
     weight_decay: float = 0.1
     warmup_ratio: float = 0.06
+    warmup_steps: int | None = None  # when set, replaces warmup_ratio (LoRA's GPT-2 runs: 500)
+    label_smoothing: float = 0.0  # causal-LM tasks: smoothed cross-entropy over target tokens
     grad_accum: int = 1
     max_grad_norm: float | None = 1.0
     checkpoint_every: int = 100
@@ -108,6 +127,11 @@ class TrainerSpec:
             raise ConfigError(f"trainer.warmup_ratio={self.warmup_ratio!r} must be in [0, 1)")
         if self.weight_decay < 0:
             raise ConfigError(f"trainer.weight_decay={self.weight_decay!r} must be >= 0")
+        steps = self.warmup_steps
+        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 0):
+            raise ConfigError(f"trainer.warmup_steps={self.warmup_steps!r} must be a whole number >= 0 or null")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"trainer.label_smoothing={self.label_smoothing!r} must be in [0, 1)")
 
     def for_task(self, task: str) -> "TrainerSpec":
         """These values with the task's ``per_task`` overrides applied."""
@@ -162,13 +186,15 @@ class RunSpec:
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise ConfigError(f"seed={seed!r} must be a whole number >= 0")
         task = _build(TaskSpec, "task", dict(config["task"]))
+        model = _build(ModelSpec, "model", dict(config["model"]))
+        _check_family(model, task)
         trainer = _build(TrainerSpec, "trainer", dict(config["trainer"])).for_task(task.name)
         return cls(
             experiment=str(config["experiment"]),
             seed=seed,
             preset=str(config.get("preset", "none")),
             out_dir=str(config["out_dir"]),
-            model=_build(ModelSpec, "model", dict(config["model"])),
+            model=model,
             task=task,
             method_name=str(name),
             adapter=adapter,
@@ -177,4 +203,15 @@ class RunSpec:
             data=_build(DataSpec, "data", dict(config["data"])),
             logger=_build(LoggerSpec, "logger", dict(config["logger"])),
             config=config,
+        )
+
+
+def _check_family(model: ModelSpec, task: TaskSpec) -> None:
+    """nlg tasks generate text (a causal LM); glue and synthetic tasks classify (an encoder)."""
+    wanted = "decoder" if task.kind == "nlg" else "encoder"
+    if model.family != wanted:
+        example = "gpt2-medium or tiny-gpt2" if wanted == "decoder" else "roberta-base or tiny-roberta"
+        raise ConfigError(
+            f"task={task.name} ({task.kind}) needs a model of family {wanted}, but model={model.name} is a {model.family}: "
+            f"pick e.g. model={example}"
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -20,6 +21,7 @@ class TaskData:
     train: list[dict]
     collate: Callable[[list[dict]], dict[str, torch.Tensor]]
     evaluate: Callable[[nn.Module, int], dict[str, dict[str, float]]]  # (model at rank b, b) -> {split: {metric: value}}
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None  # (logits, labels); None: the model's
 
 
 def classification_evaluator(evals: dict[str, list[dict]], collate, score, batch_size: int, device) -> Callable:
@@ -31,7 +33,10 @@ def classification_evaluator(evals: dict[str, list[dict]], collate, score, batch
     return evaluate
 
 
-def num_labels(spec: RunSpec) -> int:
+def num_labels(spec: RunSpec) -> int | None:
+    """The classifier's outputs; None for text generation (a causal LM has no head to size)."""
+    if spec.task.kind == "nlg":
+        return None
     if spec.task.kind == "glue":
         from dylora.tasks.glue import get_task
 
@@ -41,8 +46,18 @@ def num_labels(spec: RunSpec) -> int:
     raise ConfigError(f"task kind {spec.task.kind!r} has no labels")
 
 
-def build_task(spec: RunSpec, base: nn.Module, tokenizer, device) -> TaskData:
-    """The task's data. ``base`` is the model before adapters (the synthetic task's teacher needs it)."""
+def build_task(spec: RunSpec, base: nn.Module, tokenizer, device, run_dir: Path | None = None) -> TaskData:
+    """The task's data. ``base`` is the model before adapters (the synthetic task's teacher needs it);
+    ``run_dir`` receives what evaluation writes besides metrics (NLG outputs per rank)."""
+    if spec.task.kind == "nlg":
+        from dylora.tasks.nlg_task import build_nlg
+
+        return build_nlg(spec, tokenizer, run_dir)
+    if spec.trainer.label_smoothing:
+        raise ConfigError(
+            f"trainer.label_smoothing={spec.trainer.label_smoothing} applies to nlg tasks only; "
+            f"set it to 0 for task={spec.task.name}"
+        )
     collate = DataCollatorWithPadding(tokenizer, return_tensors="pt")
     if spec.task.kind == "glue":
         return _glue(spec, tokenizer, collate, device)

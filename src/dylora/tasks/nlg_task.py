@@ -1,0 +1,127 @@
+"""E2E, DART and WebNLG as a runner task: GPT-2 training rows, and decoding + scoring at a rank.
+
+Training follows the LoRA repo's GPT-2 setup (``dylora.tasks.nlg``): the loss covers the target
+and its end-of-text only, label-smoothed when ``trainer.label_smoothing`` > 0. Evaluation at rank
+b beam-searches every evaluation item (``dylora.generation``; the runner has merged the adapter
+at b), post-processes hypotheses and references as LoRA's ``gpt2_decode.py`` and scores them:
+
+* E2E: ``e2e_metrics`` -> bleu (0..1), nist (raw), meteor (0..1), rouge_l (0..1), cider (raw);
+* DART, WebNLG: ``dart_webnlg_metrics`` -> bleu (0..100, as multi-bleu prints it), meteor (0..1),
+  ter (edit rate, lower is better).
+
+Values are recorded as those functions return them; ``dylora.report`` scales them per task.
+WebNLG is scored on each category subset as its own split (``test_all``, ``test_seen``,
+``test_unseen``). The scored hypotheses are saved as ``<run_dir>/outputs/rank<b>.<split>.txt``
+(one line per item) beside ``<split>.references.txt`` (each item's references, then a blank line:
+the E2E scorer's multi-reference format), so the official scorers can be run on them.
+"""
+
+from __future__ import annotations
+
+import sys
+from functools import partial
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dylora.errors import ConfigError
+from dylora.generation import generate_batch, postprocess
+from dylora.records import atomic_write_text
+from dylora.spec import RunSpec
+from dylora.tasks.build import TaskData
+from dylora.tasks.nlg import IGNORE_INDEX, NLGItem, collate_lm, encode_for_lm, load_nlg, select_webnlg
+
+OUTPUTS = "outputs"
+
+
+def smoothed_lm_loss(logits: torch.Tensor, labels: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """Next-token cross-entropy with label smoothing, averaged over the labelled (target) tokens.
+
+    ``labels`` are unshifted as for HF causal LMs (position t predicts labels[t+1]); -100 is
+    ignored. Per token: (1 - eps) * NLL + eps * mean over the vocabulary of -log p, which is LoRA's
+    GPT-2 loss (``model.py``, ``label_smooth``) and torch's ``label_smoothing``.
+    """
+    logits = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
+    return F.cross_entropy(logits, labels[:, 1:].reshape(-1), ignore_index=IGNORE_INDEX, label_smoothing=smoothing)
+
+
+def eval_sets(task: str, split: str, items: list[NLGItem], subsets: list[str]) -> dict[str, list[int]]:
+    """Recorded split name -> indices into ``items``: WebNLG one per category subset, else the split."""
+    if task != "webnlg":
+        return {split: list(range(len(items)))}
+    return {f"{split}_{s}": _positions(items, select_webnlg(items, s)) for s in subsets}
+
+
+def _positions(items: list[NLGItem], chosen: list[NLGItem]) -> list[int]:
+    keep = {id(it) for it in chosen}  # the same objects; NLGItem holds a list, so it is unhashable
+    return [i for i, it in enumerate(items) if id(it) in keep]
+
+
+def score(task: str, predictions: list[str], references: list[list[str]]) -> dict[str, float]:
+    from dylora.metrics.nlg import dart_webnlg_metrics, e2e_metrics
+
+    metric = e2e_metrics if task == "e2e" else dart_webnlg_metrics
+    return metric(predictions, references)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.splitlines())
+
+
+def _write_references(out: Path, split: str, items: list[NLGItem], task: str) -> None:
+    groups = ["\n".join(_one_line(postprocess(r, task)) for r in it.references) + "\n" for it in items]
+    atomic_write_text(out / f"{split}.references.txt", "\n".join(groups))
+
+
+def build_nlg(spec: RunSpec, tokenizer, run_dir: Path | None) -> TaskData:
+    t, task = spec.task, spec.task.name
+    room = spec.model.max_length - t.max_new_tokens
+    if room < 2:
+        raise ConfigError(
+            f"model.max_length={spec.model.max_length} leaves no room for a prompt before "
+            f"task.max_new_tokens={t.max_new_tokens} generated tokens: raise model.max_length"
+        )
+    data = load_nlg(task, spec.data.nlg_dir, splits=("train", *t.eval_splits),
+                    max_train_samples=spec.data.max_train_samples, max_eval_samples=spec.data.max_eval_samples)
+    train = [encode_for_lm(pair, tokenizer, spec.model.max_length) for pair in data.pop("train")]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    smoothing = spec.trainer.label_smoothing
+    loss = partial(smoothed_lm_loss, smoothing=smoothing) if smoothing else None
+    decode = partial(generate_batch, tokenizer=tokenizer, num_beams=t.num_beams, length_penalty=t.length_penalty,
+                     no_repeat_ngram_size=t.no_repeat_ngram_size, max_new_tokens=t.max_new_tokens,
+                     batch_size=spec.trainer.eval_batch_size, max_prompt_tokens=room)
+    evaluate = nlg_evaluator(task, data, t.webnlg_subsets, decode, run_dir)
+    return TaskData(train, partial(collate_lm, pad_token_id=pad), evaluate, loss)
+
+
+def nlg_evaluator(task: str, splits: dict[str, list[NLGItem]], subsets: list[str], decode: Callable,
+                  run_dir: Path | None) -> Callable[[nn.Module, int], dict[str, dict[str, float]]]:
+    """evaluate(model, rank): decode each split once, then score (and save) every recorded split."""
+    out = None if run_dir is None else Path(run_dir) / OUTPUTS
+    sets = {split: _non_empty(eval_sets(task, split, items, subsets)) for split, items in splits.items()}
+
+    def evaluate(model: nn.Module, rank: int) -> dict[str, dict[str, float]]:
+        results = {}
+        for split, items in splits.items():
+            hyps = [postprocess(h, task) for h in decode(model, prompts=[it.prompt for it in items])]
+            for name, index in sets[split].items():
+                preds = [hyps[i] for i in index]
+                if out is not None:  # evaluation runs on the main process only: the one writer
+                    out.mkdir(parents=True, exist_ok=True)
+                    _write_references(out, name, [items[i] for i in index], task)
+                    atomic_write_text(out / f"rank{rank}.{name}.txt", "".join(_one_line(p) + "\n" for p in preds))
+                refs = [[postprocess(r, task) for r in items[i].references] for i in index]
+                results[name] = score(task, preds, refs)
+        return results
+
+    return evaluate
+
+
+def _non_empty(sets: dict[str, list[int]]) -> dict[str, list[int]]:
+    """Drop subsets without items (a capped WebNLG test set may hold no unseen category), saying so."""
+    for name in [n for n, index in sets.items() if not index]:
+        print(f"warning: {name} has no items (data.max_eval_samples too small?); it is not scored", file=sys.stderr)
+    return {n: index for n, index in sets.items() if index}
