@@ -6,6 +6,8 @@ Under torchrun every process trains on its slice of each batch; only the main pr
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import platform
 import shutil
@@ -20,7 +22,7 @@ import torch.distributed as torch_dist
 from dylora import records
 from dylora.adapters import add_adapters, load_adapter, rank_schedule, save_adapter, trainable_parameters
 from dylora.adapters.io import read_adapter_config
-from dylora.errors import ConfigError, RecordError
+from dylora.errors import ConfigError, RecordError, TrainingError
 from dylora.models import load_model, load_tokenizer
 from dylora.spec import RunSpec
 from dylora.sweep import rank_sweep
@@ -47,15 +49,15 @@ def finished(run_dir: Path) -> bool:
 def execute(spec: RunSpec, progress: bool = True) -> Path:
     """Run ``spec`` (or skip it when its record is complete) and return its run directory."""
     run_dir = records.run_dir_for(spec.out_dir, spec.config)
-    if finished(run_dir):
+    dist = _init_distributed()
+    if _from_main(finished(run_dir) if dist.is_main else None, dist):  # only the main process moves a bad record aside
         say(f"skip: {run_dir} is already complete")
         return run_dir
-    dist = _init_distributed()
     device = _device(spec.trainer.device, dist)
     torch.manual_seed(spec.seed)
     tokenizer = load_tokenizer(spec.model)
     model = load_model(spec.model, tokenizer, num_labels(spec))
-    data = build_task(spec, model, tokenizer, device)
+    data = build_task(spec, model, tokenizer, device, run_dir)
     torch.manual_seed(spec.seed)  # the adapters' initial A depends on the run seed only
     add_adapters(model, spec.adapter)
     if spec.trainer.init_from:
@@ -69,7 +71,12 @@ def execute(spec: RunSpec, progress: bool = True) -> Path:
             model, data.train, data.collate, spec.trainer, rank_schedule(spec.adapter, spec.seed), spec.seed, device,
             checkpoint_dir=run_dir / records.CHECKPOINT, dist=dist, progress=progress,
             on_step=tracker.log_step if tracker else None, ddp_model=_ddp(model, device, dist),
+            loss_fn=data.loss,
         )
+        schedules = _gather(_digest(result.ranks), dist)
+        if len(set(schedules)) > 1:
+            raise TrainingError(f"the processes trained with different rank sequences (sha256 {schedules}); "
+                                "every process must run the same configuration and seed")
         if not dist.is_main:
             return run_dir
         save_adapter(model, run_dir / records.ADAPTER)
@@ -81,7 +88,7 @@ def execute(spec: RunSpec, progress: bool = True) -> Path:
             for rank, split, metric, value in rows
         ]
         records.write_metrics(run_dir, metric_rows)
-        records.write_env(run_dir, _env(model, device, dist, result.seconds, sweep_seconds, result.steps))
+        records.write_env(run_dir, _env(model, device, dist, result.seconds, sweep_seconds, result.steps, schedules))
         tracker.log_rank_curve(rows)
         records.mark_done(run_dir)
         shutil.rmtree(run_dir / records.CHECKPOINT, ignore_errors=True)
@@ -124,8 +131,32 @@ def _init_distributed() -> Distributed:
     if world == 1:
         return Distributed()
     if not torch_dist.is_initialized():
+        if torch.cuda.is_available():  # NCCL collectives use the current device: one GPU per process
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         torch_dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
     return Distributed(rank=torch_dist.get_rank(), world=torch_dist.get_world_size())
+
+
+def _from_main(value, dist: Distributed):
+    """The main process's ``value``, in every process."""
+    if dist.world == 1:
+        return value
+    box = [value]
+    torch_dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _gather(value, dist: Distributed) -> list:
+    """``value`` of every process, in process order."""
+    if dist.world == 1:
+        return [value]
+    values = [None] * dist.world
+    torch_dist.all_gather_object(values, value)
+    return values
+
+
+def _digest(ranks: list[int]) -> str:
+    return hashlib.sha256(json.dumps(ranks).encode()).hexdigest()
 
 
 def _device(choice: str, dist: Distributed) -> torch.device:
@@ -153,7 +184,8 @@ def _git_commit() -> str | None:
         return None
 
 
-def _env(model, device, dist: Distributed, train_seconds: float, sweep_seconds: float, steps: int) -> dict:
+def _env(model, device, dist: Distributed, train_seconds: float, sweep_seconds: float, steps: int,
+         schedules: list[str]) -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
     def v(pkg: str) -> str | None:
@@ -173,5 +205,6 @@ def _env(model, device, dist: Distributed, train_seconds: float, sweep_seconds: 
         "trainable_parameters": trainable_parameters(model),
         "train_seconds": train_seconds,
         "train_steps": steps,
+        "rank_sequence_sha256": schedules,  # one per process: sha256 of the JSON list of b per step
         "sweep_seconds": sweep_seconds,
     }

@@ -36,7 +36,7 @@ class WandbTracker(Tracker):
         self.run = wandb.init(
             project=spec.project, entity=spec.entity, group=group, name=name, config=config,
             dir=str(run_dir), mode=mode, reinit="finish_previous",
-            settings=wandb.Settings(init_timeout=60, silent=True),
+            settings=wandb.Settings(init_timeout=_init_timeout(), silent=True),
         )
 
     def _guard(self, fn, *args) -> None:
@@ -68,6 +68,12 @@ class WandbTracker(Tracker):
         if self.run is not None:
             self._guard(self.run.finish)
             self.run = None
+
+
+def _init_timeout() -> float:
+    """Seconds W&B may take to start (WANDB_INIT_TIMEOUT, default 30): an unreachable server costs
+    the run this long once, then the run goes on without tracking."""
+    return float(os.environ.get("WANDB_INIT_TIMEOUT", "30"))
 
 
 def make_tracker(spec: LoggerSpec, config: dict[str, Any], run_dir: Path, name: str, group: str) -> Tracker:

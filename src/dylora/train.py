@@ -13,6 +13,7 @@ import json
 import sys
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -98,12 +99,14 @@ def train(
     on_step: Callable[[int, int, float], None] | None = None,
     progress: bool = True,
     ddp_model: nn.Module | None = None,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> TrainResult:
-    """Train ``model`` in place and return what happened. ``ddp_model`` wraps ``model`` under DDP."""
+    """Train ``model`` in place and return what happened. ``ddp_model`` wraps ``model`` under DDP.
+    ``loss_fn(logits, labels)``, when given, replaces the model's own loss (e.g. label smoothing)."""
     forward = ddp_model or model
     optimizer = make_optimizer(model, trainer)
     per_epoch, total = total_steps(len(dataset), trainer)
-    warmup = math.ceil(trainer.warmup_ratio * total)
+    warmup = trainer.warmup_steps if trainer.warmup_steps is not None else math.ceil(trainer.warmup_ratio * total)
     result = TrainResult(steps=0, seconds=0.0)
     if checkpoint_dir is not None:
         load_checkpoint(checkpoint_dir, model, optimizer, result)
@@ -116,7 +119,8 @@ def train(
         set_rank(model, rank)
         for group in optimizer.param_groups:
             group["lr"] = trainer.lr * lr_factor(step, total, warmup)
-        loss = _accumulate(forward, dataset, collate, step_indices(len(dataset), step, per_epoch, trainer, seed), dist, device)
+        loss = _accumulate(forward, dataset, collate, step_indices(len(dataset), step, per_epoch, trainer, seed), dist, device,
+                           loss_fn)
         if not math.isfinite(loss):
             raise TrainingError(
                 f"the training loss became {loss} at step {step} (rank {rank}); lower trainer.lr (now {trainer.lr}) "
@@ -142,17 +146,31 @@ def train(
     return result
 
 
-def _accumulate(forward, dataset, collate, micro_batches, dist: Distributed, device) -> float:
+def _accumulate(forward, dataset, collate, micro_batches, dist: Distributed, device, loss_fn=None) -> float:
     """Backward over one step's micro-batches (this process's slice); returns the step's mean loss."""
     n_step = sum(len(b) for b in micro_batches)
     total_loss = 0.0
-    for indices in micro_batches:
+    for i, indices in enumerate(micro_batches):
         mine = indices[dist.rank :: dist.world]
-        batch = {k: v.to(device) for k, v in collate([dataset[i] for i in mine]).items()}
-        loss = forward(**batch).loss
-        # Weight by this micro-batch's share of the global batch; DDP then averages over processes.
-        (loss * (len(indices) / n_step)).backward()
-        total_loss += loss.item() * len(indices) / n_step
+        # DDP needs a backward from every process: a process with no example of this (short)
+        # micro-batch runs one with weight 0.
+        batch = {k: v.to(device) for k, v in collate([dataset[j] for j in mine or indices[:1]]).items()}
+        # This slice's share of the global batch, times world because DDP averages over processes:
+        # the gradient is then the global batch's mean whatever the split.
+        weight = len(mine) * dist.world / n_step
+        last = i == len(micro_batches) - 1
+        with nullcontext() if last or not hasattr(forward, "no_sync") else forward.no_sync():  # one all-reduce per step
+            if loss_fn is None:
+                loss = forward(**batch).loss
+            else:
+                labels = batch.pop("labels")
+                loss = loss_fn(forward(**batch).logits, labels)
+            (loss * weight).backward()
+        total_loss += loss.item() * len(mine) / n_step
+    if dist.world > 1:  # the global batch's loss, so every process sees (and stops on) the same value
+        summed = torch.tensor([total_loss], dtype=torch.float64, device=device)
+        torch.distributed.all_reduce(summed)
+        total_loss = summed.item()
     return total_loss
 
 

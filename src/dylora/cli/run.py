@@ -2,6 +2,10 @@
 
     dylora-run task=mrpc method=dylora model=minilm data.glue_dir=../glue
     dylora-run -m method=lora,dylora,dylora_frozen seed=0,1
+    dylora-run -m hydra/launcher=local_parallel seed=0,1,2,3   # jobs side by side (joblib)
+    torchrun --standalone --nproc_per_node=4 -m dylora.run task=mnli   # one run on 4 GPUs
+
+A failed job of a multirun never stops the others; the command exits 1 once they are all done.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
@@ -18,6 +23,11 @@ from dylora.errors import DyLoRAError
 
 CONF_DIR = str(Path(__file__).resolve().parents[3] / "conf")
 _failures: list[str] = []
+
+
+class JobFailed(CompactHydraException):
+    """A multirun job's error, raised where its launcher runs jobs in other processes: Hydra
+    reports it (one line) once the batch of jobs is done and exits 1."""
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
@@ -32,15 +42,28 @@ def app(cfg: DictConfig) -> str | None:
         print(f"error: {e}", file=sys.stderr, flush=True)
         if HydraConfig.get().mode != RunMode.MULTIRUN:
             sys.exit(1)
-        _failures.append(f"{HydraConfig.get().job.override_dirname or 'job'}: {e}")  # let the other jobs run
+        failure = f"{HydraConfig.get().job.override_dirname or 'job'}: {e}"
+        if not HydraConfig.get().launcher._target_.endswith(".BasicLauncher"):
+            raise JobFailed(failure) from None
+        _failures.append(failure)  # jobs run in this process: let the others run, then report them all
         return None
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    finally:
+        _leave_process_group()
     if _failures:
         print(f"{len(_failures)} job(s) failed:\n" + "\n".join(_failures), file=sys.stderr)
         sys.exit(1)
+
+
+def _leave_process_group() -> None:
+    """Under torchrun: destroy the process group once all runs are done (torch warns otherwise)."""
+    torch_dist = sys.modules.get("torch.distributed")
+    if torch_dist is not None and torch_dist.is_available() and torch_dist.is_initialized():
+        torch_dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,45 @@
+"""Sweeps through Hydra launchers: jobs side by side on this machine (joblib), or as SLURM jobs (submitit)."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import CONF, run_cli, tiny_overrides
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from dylora import records
+from glue_fixtures import write_glue_dir
+
+
+def _launcher(name: str) -> dict:
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"hydra/launcher={name}"], return_hydra_config=True)
+    return cfg.hydra.launcher
+
+
+def test_launcher_presets_select_the_installed_plugins():
+    local = _launcher("local_parallel")
+    assert local._target_ == "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
+    assert local.n_jobs == 2
+    slurm = _launcher("slurm")
+    assert slurm._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert slurm.max_num_timeout > 0  # a job that times out is requeued: runs resume from their checkpoint
+    assert slurm.tasks_per_node == 1 and slurm.submitit_folder.startswith("experiments/.hydra/multirun/")  # under out_dir
+
+
+@pytest.mark.slow
+def test_local_parallel_multirun_finishes_the_good_job_and_exits_non_zero_on_the_bad_one(tmp_path):
+    glue = write_glue_dir(tmp_path / "glue", tasks=("sst2", "cola"), n_train=8, n_dev=8)
+    with open(glue / "CoLA" / "train.tsv", "a") as f:
+        f.write("a row without its label\n")
+    out = tmp_path / "exp"
+    result = run_cli(["-m", "hydra/launcher=local_parallel", "task=cola,sst2", f"data.glue_dir={glue}", f"out_dir={out}",
+                      *tiny_overrides()], cwd=tmp_path)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "CoLA/train.tsv, line 9" in result.stderr and "task=cola" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "Error executing job with overrides" in result.stderr  # reported by Hydra, across the joblib processes
+    runs = list(records.iter_runs(out))
+    assert [(r.task, r.done) for r in runs] == [("sst2", True)]
+    assert {m.rank for m in runs[0].metrics} == {1, 2}
