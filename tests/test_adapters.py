@@ -368,3 +368,22 @@ def test_bad_ranks_and_modules_are_named():
             set_rank(model, bad)
     with pytest.raises(ConfigError, match="already has adapters"):
         add_adapters(model, AdapterConfig(r_max=R_MAX))
+
+
+@pytest.mark.parametrize("targets", [["c_proj"], ["c_attn"]])
+def test_gpt2_conv1d_merge_matches_the_unmerged_forward_and_unmerges(targets):
+    # c_proj adapts every output of a Conv1D (the fused in-place path), c_attn its q/v slices.
+    model = tiny_gpt2()
+    add_adapters(model, AdapterConfig(r_max=R_MAX, target_modules=targets))
+    randomize(model)
+    ids = inputs()
+    before = {n: layer.base.weight.detach().clone() for n, layer in adapter_layers(model)}
+    for rank in range(1, R_MAX + 1):
+        set_rank(model, rank)
+        expected = logits(model, ids)
+        with merged(model, rank):
+            for n, layer in adapter_layers(model):
+                torch.testing.assert_close(layer.base.weight, before[n] + layer.delta_weight(rank))
+            torch.testing.assert_close(logits(model, ids), expected, rtol=1e-4, atol=1e-5)
+        for n, layer in adapter_layers(model):
+            torch.testing.assert_close(layer.base.weight, before[n], rtol=0, atol=1e-5)

@@ -113,19 +113,32 @@ class DyLoRALayer(nn.Module):
         return delta.T if self.fan_in_fan_out else delta
 
     @torch.no_grad()
+    def _fold(self, rank: int, sign: float) -> None:
+        """base.weight += sign * delta_weight(rank), in place. A full-output layer (every BERT/RoBERTa
+        target) does it in one fused addmm: no d_out x d_in temporaries, no index_put (the rank
+        sweep merges and unmerges every layer at every rank)."""
+        if not self._full_output:
+            self.base.weight.add_(self.delta_weight(rank), alpha=sign)
+            return
+        a, b = self.lora_A[0, :rank], self.lora_B[0, :, :rank]
+        scale = sign * self.config.scale(rank)
+        if self.fan_in_fan_out:
+            self.base.weight.addmm_(a.T, b.T, alpha=scale)
+        else:
+            self.base.weight.addmm_(b, a, alpha=scale)
+
     def merge(self) -> None:
         """Fold the adapter at the current rank into the base weight (for fast evaluation)."""
         if self.merged_rank is not None:
             return
-        self.base.weight += self.delta_weight(self.rank)
+        self._fold(self.rank, 1.0)
         self.merged_rank = self.rank
 
-    @torch.no_grad()
     def unmerge(self) -> None:
         """Subtract exactly what ``merge`` added: the update at the rank it was merged at."""
         if self.merged_rank is None:
             return
-        self.base.weight -= self.delta_weight(self.merged_rank)
+        self._fold(self.merged_rank, -1.0)
         self.merged_rank = None
 
     def extra_repr(self) -> str:
