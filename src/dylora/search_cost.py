@@ -1,0 +1,248 @@
+"""The search-cost experiment: LoRA trained once per rank 1..r_max against one DyLoRA run.
+
+Both sides are real runs (``dylora.runner.execute``) on the same task and training budget; the
+times are the wall-clock seconds each run recorded in its env.json (``train_seconds``,
+``sweep_seconds``). As the setup doc's section 8 asks, the table gives the per-run time ratio
+and the number of trainings each search needs, besides the measured total speed-up, and the
+best metric each search finds (LoRA: best over its separately trained ranks, each evaluated at
+its own rank; DyLoRA: best over its one rank sweep).
+
+    python -m dylora.search_cost experiment=search_cost_cpu [hydra overrides] [--results DIR]
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from dylora import records
+from dylora.errors import ConfigError, DyLoRAError, RecordError
+from dylora.spec import RunSpec
+
+RESULTS_DIR = Path("results") / "search_cost"
+
+
+@dataclass
+class RunCost:
+    """One training of a search, as measured."""
+
+    method: str  # "lora" or "dylora"
+    r_max: int
+    train_seconds: float
+    sweep_seconds: float
+    best_rank: int
+    best_value: float
+    run_dir: str
+
+    @property
+    def seconds(self) -> float:
+        return self.train_seconds + self.sweep_seconds
+
+
+@dataclass
+class SearchCost:
+    task: str
+    split: str
+    metric: str
+    r_max: int
+    lora: list[RunCost]  # one per rank 1..r_max
+    dylora: RunCost
+
+    def summary(self) -> dict:
+        lora_total = sum(r.seconds for r in self.lora)
+        lora_train = sum(r.train_seconds for r in self.lora)
+        best_lora = max(self.lora, key=lambda r: r.best_value)
+        at_r_max = next(r for r in self.lora if r.r_max == self.r_max)
+        return {
+            "task": self.task, "split": self.split, "metric": self.metric, "r_max": self.r_max,
+            "lora_trainings": len(self.lora),
+            "dylora_trainings": 1,
+            "power_of_two_trainings": int(math.log2(self.r_max)) + 1,  # ranks 1, 2, 4, ..., <= r_max
+            "lora_total_seconds": lora_total,
+            "dylora_total_seconds": self.dylora.seconds,
+            "lora_train_seconds": lora_train,
+            "dylora_train_seconds": self.dylora.train_seconds,
+            "speedup": lora_total / self.dylora.seconds,
+            "train_speedup": lora_train / self.dylora.train_seconds,
+            # one DyLoRA training against one LoRA training at the same r_max (the paper's 408 s vs 400 s)
+            "per_run_train_ratio": self.dylora.train_seconds / at_r_max.train_seconds,
+            "lora_best_rank": best_lora.best_rank,
+            "lora_best_value": best_lora.best_value,
+            "dylora_best_rank": self.dylora.best_rank,
+            "dylora_best_value": self.dylora.best_value,
+        }
+
+
+def default_metric(task: str) -> tuple[str, str]:
+    """(split, metric) the paper reports for ``task``; accuracy on validation for the synthetic task."""
+    from dylora.tasks.glue import GLUE_TASKS
+
+    if task in GLUE_TASKS:
+        return GLUE_TASKS[task].eval_splits[0], GLUE_TASKS[task].primary_metric
+    return "validation", "accuracy"
+
+
+def lora_config(config: dict, rank: int) -> dict:
+    """``config`` (a resolved run config) as plain LoRA trained and evaluated at ``rank``."""
+    method = {**config["method"], "name": "lora", "method": "lora", "r_max": rank, "r_min": 1, "eval_ranks": [rank]}
+    return {**config, "method": method}
+
+
+def search_specs(config: dict) -> tuple[RunSpec, list[RunSpec]]:
+    """(the DyLoRA run, the LoRA runs at ranks 1..r_max) for a resolved DyLoRA run config."""
+    dylora = RunSpec.from_dict(config)
+    if dylora.adapter.method != "dylora":
+        raise ConfigError(f"the search-cost experiment starts from a DyLoRA config; got method.method="
+                          f"{dylora.adapter.method!r}: use method=dylora or method=dylora_frozen")
+    if dylora.eval_ranks != list(range(1, dylora.adapter.r_max + 1)):
+        raise ConfigError(f"method.eval_ranks={dylora.eval_ranks}: the DyLoRA search sweeps every rank; leave it null")
+    return dylora, [RunSpec.from_dict(lora_config(config, r)) for r in range(1, dylora.adapter.r_max + 1)]
+
+
+def run_cost(run_dir: Path, method: str, r_max: int, split: str, metric: str) -> RunCost:
+    """The measured seconds and the best (rank, value) of ``metric`` on ``split`` of one finished run."""
+    record = records.read_run(run_dir)
+    if not record.done:
+        raise RecordError(f"{run_dir} is not a finished run ({record.problem})")
+    env = record.env
+    if "train_seconds" not in env or "sweep_seconds" not in env:
+        raise RecordError(f"{run_dir}/env.json lacks train_seconds/sweep_seconds; delete {run_dir} and run it again")
+    values = [(m.value, m.rank) for m in record.metrics if m.split == split and m.metric == metric]
+    if not values:
+        found = sorted({(m.split, m.metric) for m in record.metrics})
+        raise ConfigError(f"{run_dir} has no {split}/{metric}; it has {found}: pass --split and --metric")
+    value, rank = max(values, key=lambda vr: (vr[0], -vr[1]))  # ties: the smallest rank
+    return RunCost(method, r_max, float(env["train_seconds"]), float(env["sweep_seconds"]), rank, value, str(run_dir))
+
+
+def measure(
+    dylora: RunSpec,
+    lora: Sequence[RunSpec],
+    split: str,
+    metric: str,
+    execute: Callable[[RunSpec], Path] | None = None,
+) -> SearchCost:
+    """Run (or reuse the finished records of) every run of both searches and read their costs."""
+    if execute is None:
+        from dylora.runner import execute
+    lora_costs = [run_cost(execute(s), "lora", s.adapter.r_max, split, metric) for s in lora]
+    dylora_cost = run_cost(execute(dylora), "dylora", dylora.adapter.r_max, split, metric)
+    return SearchCost(dylora.task.name, split, metric, dylora.adapter.r_max, lora_costs, dylora_cost)
+
+
+# ---------------------------------------------------------------------------- tables
+
+CSV_FIELDS = ["method", "r_max", "train_seconds", "sweep_seconds", "seconds", "best_rank", "best_value", "run_dir"]
+
+
+def _rows(cost: SearchCost) -> list[dict]:
+    return [{**asdict(r), "seconds": r.seconds} for r in [*cost.lora, cost.dylora]]
+
+
+def markdown(cost: SearchCost) -> str:
+    s = cost.summary()
+    lines = [
+        f"# Search cost: LoRA at every rank 1..{s['r_max']} vs one DyLoRA run ({s['task']}, {s['split']} {s['metric']})",
+        "",
+        "| run | trained r_max | train s | rank sweep s | total s | best rank | best value |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in [*cost.lora, cost.dylora]:
+        lines.append(f"| {r.method} | {r.r_max} | {r.train_seconds:.2f} | {r.sweep_seconds:.2f} | {r.seconds:.2f} | "
+                     f"{r.best_rank} | {r.best_value:.4f} |")
+    lines += [
+        "",
+        "| search | trainings | total s (train + eval) | train s | best rank | best value |",
+        "|---|---:|---:|---:|---:|---:|",
+        f"| LoRA, every rank 1..{s['r_max']} | {s['lora_trainings']} | {s['lora_total_seconds']:.2f} | "
+        f"{s['lora_train_seconds']:.2f} | {s['lora_best_rank']} | {s['lora_best_value']:.4f} |",
+        f"| DyLoRA, one run | 1 | {s['dylora_total_seconds']:.2f} | {s['dylora_train_seconds']:.2f} | "
+        f"{s['dylora_best_rank']} | {s['dylora_best_value']:.4f} |",
+        "",
+        f"- one DyLoRA training / one LoRA training at r_max={s['r_max']}: **{s['per_run_train_ratio']:.3f}** "
+        f"(paper, MRPC: 408.39 s / 399.95 s = {408.39 / 399.95:.3f})",
+        f"- measured speed-up of the exhaustive search: **{s['speedup']:.2f}x** in total time, "
+        f"{s['train_speedup']:.2f}x in training time ({s['lora_trainings']} LoRA trainings vs 1)",
+        f"- a power-of-two LoRA search (ranks 1, 2, 4, ..) needs {s['power_of_two_trainings']} trainings; "
+        f"the speed-up is about the number of trainings a search needs times the inverse per-run ratio",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_tables(cost: SearchCost, out_dir: str | Path) -> list[Path]:
+    """search_cost.{md,csv,json} in ``out_dir``."""
+    out_dir = Path(out_dir)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(_rows(cost))
+    paths = [out_dir / "search_cost.md", out_dir / "search_cost.csv", out_dir / "search_cost.json"]
+    records.atomic_write_text(paths[0], markdown(cost))
+    records.atomic_write_text(paths[1], buffer.getvalue())
+    records.atomic_write_json(paths[2], {"summary": cost.summary(), "runs": _rows(cost)})
+    return paths
+
+
+# ---------------------------------------------------------------------------- command line
+
+
+def compose_run_config(overrides: list[str]) -> dict:
+    """The resolved dylora-run config for ``overrides``, from the repository's conf/ (as dylora-run composes it)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from dylora.cli.run import CONF_DIR
+
+    if not Path(CONF_DIR).is_dir():
+        raise ConfigError(f"{CONF_DIR} is missing; run from an editable install of the repository")
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides)
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def run(overrides: list[str], results_dir: str | Path = RESULTS_DIR, split: str | None = None,
+        metric: str | None = None) -> tuple[SearchCost, list[Path]]:
+    """Compose, run both searches, write the tables: what the command line does."""
+    dylora, lora = search_specs(compose_run_config(overrides))
+    default_split, default_name = default_metric(dylora.task.name)
+    cost = measure(dylora, lora, split or default_split, metric or default_name)
+    return cost, write_tables(cost, results_dir)
+
+
+def _parse(argv: list[str]) -> tuple[list[str], dict[str, str]]:
+    options, overrides = {}, []
+    for arg in argv:
+        if arg.startswith("--"):
+            key, sep, value = arg[2:].partition("=")
+            if key not in ("results", "split", "metric") or not sep:
+                raise ConfigError(f"unknown option {arg!r}; known: --results=DIR --split=NAME --metric=NAME")
+            options[key] = value
+        else:
+            overrides.append(arg)
+    return overrides, options
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        overrides, options = _parse(sys.argv[1:] if argv is None else argv)
+        cost, paths = run(overrides, options.get("results", RESULTS_DIR), options.get("split"), options.get("metric"))
+    except DyLoRAError as e:
+        print(f"search_cost: error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except Exception as e:  # Hydra's override errors: one line, no traceback
+        if type(e).__module__.startswith(("hydra", "omegaconf")):
+            print(f"search_cost: error: {e}", file=sys.stderr)
+            sys.exit(1)
+        raise
+    print(markdown(cost))
+    print("wrote " + ", ".join(str(p) for p in paths))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""make bench on a tiny model, one repeat: every ratio is there, positive and finite, and the search
+speed-up is what the search's own runs measured."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+
+import pytest
+from conftest import REPO, run_cli, tiny_overrides
+
+from dylora.bench import Options, _parse, median_iqr
+from dylora.errors import ConfigError
+
+SEARCH = tiny_overrides("task=synthetic", "task.n_train=40", "task.n_eval=16", "task.seq_len=8", "method.r_max=2")
+KEYS = ("train_step_ratio", "peak_memory_ratio", "sweep_ratio", "search_speedup")
+
+
+def test_median_iqr_matches_a_hand_computation():
+    stats = median_iqr([4.0, 1.0, 3.0, 2.0, 100.0])
+    assert stats["median"] == 3.0
+    assert stats["iqr"] == pytest.approx(4.0 - 2.0)  # inclusive quartiles of 1, 2, 3, 4, 100
+    assert median_iqr([5.0]) == {"median": 5.0, "iqr": 0.0, "n": 1}
+
+
+def test_options_are_parsed_and_checked():
+    opts, child = _parse(["--model=tiny", "--r-max=4", "--search=a=1", "--search=b=2", "--child=peft"])
+    assert (opts.model, opts.r_max, opts.search, child) == ("tiny", 4, ["a=1", "b=2"], "peft")
+    with pytest.raises(ConfigError, match="--repeats"):
+        _parse(["--repeats=0"])
+    with pytest.raises(ConfigError, match="unknown option"):
+        _parse(["--bogus=1"])
+    with pytest.raises(ConfigError, match="model"):
+        Options(model="gpt")
+
+
+@pytest.mark.slow
+def test_bench_writes_every_ratio(tmp_path):
+    out = tmp_path / "bench.json"
+    args = ["--model=tiny", "--batch=16", "--seq=128", "--r-max=2", "--repeats=1", f"--out={out}",
+            *[f"--search={o}" for o in SEARCH]]
+    proc = run_cli(args, cwd=REPO, module="dylora.bench")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    for key in KEYS:
+        assert math.isfinite(result[key]) and result[key] > 0, (key, result[key])
+    assert result["r_max"] == 2 and result["model"] == "tiny" and result["device"]
+    raw = result["raw"]
+    # each ratio recomputed from the raw measurements it reports
+    steps = raw["train_step_seconds"]
+    assert result["train_step_ratio"] == pytest.approx(steps["dylora"][0] / steps["peft"][0])  # one repeat: one pair
+    mem = raw["peak_memory_bytes"]
+    assert result["peak_memory_ratio"] == pytest.approx((mem["dylora"] - mem["none"]) / (mem["peft"] - mem["none"]))
+    sweeps = raw["sweep_seconds"]
+    assert result["sweep_ratio"] == pytest.approx(
+        (statistics.median(sweeps["sweep_rank1"]) + statistics.median(sweeps["sweep_rank2"]))
+        / (2 * statistics.median(sweeps["plain"]))
+    )
+    runs = raw["search"]["runs"]
+    lora = sum(r["train_seconds"] for r in runs if r["method"] == "lora")
+    dylora = sum(r["train_seconds"] for r in runs if r["method"] == "dylora")
+    assert [r["r_max"] for r in runs] == [1, 2, 2]
+    assert result["search_speedup"] == pytest.approx(lora / dylora)
+    assert "train_step_ratio" in proc.stdout  # the printed table

@@ -1,0 +1,86 @@
+"""The search-cost experiment: which runs it makes, its arithmetic, and one real tiny search."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+from conftest import REPO, compose_config, run_cli, tiny_overrides
+
+from dylora import search_cost
+from dylora.errors import ConfigError
+from dylora.search_cost import RunCost, SearchCost
+
+SEARCH = tiny_overrides("task=synthetic", "task.n_train=40", "task.n_eval=16", "task.seq_len=8", "method.r_max=3")
+
+
+def test_search_specs_are_one_dylora_run_and_lora_at_every_rank():
+    dylora, lora = search_cost.search_specs(compose_config(SEARCH))
+    assert dylora.adapter.method == "dylora" and dylora.eval_ranks == [1, 2, 3]
+    assert [(s.method_name, s.adapter.method, s.adapter.r_max, s.eval_ranks) for s in lora] == [
+        ("lora", "lora", r, [r]) for r in (1, 2, 3)
+    ]
+    # same task, budget and seed: only the method differs
+    assert all(s.trainer == dylora.trainer and s.task == dylora.task and s.seed == dylora.seed for s in lora)
+
+
+def test_search_specs_refuse_a_lora_config():
+    with pytest.raises(ConfigError, match="method=dylora"):
+        search_cost.search_specs(compose_config([*SEARCH, "method=lora"]))
+
+
+def _cost(lora_train, lora_sweep, dy_train, dy_sweep, lora_best, dy_best) -> SearchCost:
+    lora = [RunCost("lora", r, t, s, r, v, f"l{r}") for r, (t, s, v) in enumerate(zip(lora_train, lora_sweep, lora_best), 1)]
+    return SearchCost("synthetic", "validation", "accuracy", len(lora), lora, RunCost("dylora", len(lora), dy_train, dy_sweep, 2, dy_best, "d"))
+
+
+def test_summary_sums_the_runs_and_divides():
+    s = _cost([1.0, 2.0, 4.0], [0.5, 0.5, 1.0], 3.0, 2.0, [0.7, 0.9, 0.8], 0.85).summary()
+    assert s["lora_total_seconds"] == pytest.approx(9.0)
+    assert s["lora_train_seconds"] == pytest.approx(7.0)
+    assert s["dylora_total_seconds"] == pytest.approx(5.0)
+    assert s["speedup"] == pytest.approx(9.0 / 5.0)
+    assert s["train_speedup"] == pytest.approx(7.0 / 3.0)
+    assert s["per_run_train_ratio"] == pytest.approx(3.0 / 4.0)  # against LoRA at r_max = 3
+    assert (s["lora_best_rank"], s["lora_best_value"]) == (2, 0.9)
+    assert (s["dylora_best_rank"], s["dylora_best_value"]) == (2, 0.85)
+    assert s["lora_trainings"] == 3 and s["power_of_two_trainings"] == 2  # ranks 1, 2
+
+
+def test_unknown_option_is_a_config_error():
+    with pytest.raises(ConfigError, match="--results"):
+        search_cost._parse(["--result=x"])
+
+
+@pytest.mark.slow
+def test_cli_tables_total_the_runs_measured_seconds(tmp_path):
+    out, results = tmp_path / "runs", tmp_path / "tables"
+    proc = run_cli([*SEARCH, f"out_dir={out}", f"--results={results}"], cwd=REPO, module="dylora.search_cost")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # independently: every env.json under the run root, and the metrics each run wrote
+    envs = {p.parent: json.loads(p.read_text()) for p in out.rglob("env.json")}
+    assert len(envs) == 4
+    lora = {d: e for d, e in envs.items() if d.parent.name == "lora"}
+    dylora = [e for d, e in envs.items() if d.parent.name == "dylora"]
+    summary = json.loads((results / "search_cost.json").read_text())["summary"]
+    lora_total = sum(e["train_seconds"] + e["sweep_seconds"] for e in lora.values())
+    assert summary["lora_total_seconds"] == pytest.approx(lora_total, rel=1e-12)
+    assert summary["dylora_total_seconds"] == pytest.approx(dylora[0]["train_seconds"] + dylora[0]["sweep_seconds"], rel=1e-12)
+    assert summary["speedup"] == pytest.approx(lora_total / summary["dylora_total_seconds"])
+    best = max(json.loads(line)["value"] for d in lora for line in (d / "metrics.jsonl").read_text().splitlines()
+               if json.loads(line)["metric"] == "accuracy")
+    assert summary["lora_best_value"] == pytest.approx(best)
+    rows = list(csv.DictReader((results / "search_cost.csv").open()))
+    assert [(r["method"], int(r["r_max"])) for r in rows] == [("lora", 1), ("lora", 2), ("lora", 3), ("dylora", 3)]
+    assert f"{lora_total:.2f}" in (results / "search_cost.md").read_text()
+    assert all(math.isfinite(float(r["seconds"])) and float(r["seconds"]) > 0 for r in rows)
+
+
+@pytest.mark.slow
+def test_cli_reports_a_bad_override_in_one_line(tmp_path):
+    proc = run_cli([*SEARCH, "method.r_max=0", f"out_dir={tmp_path}"], cwd=REPO, module="dylora.search_cost")
+    assert proc.returncode == 1
+    assert "r_max=0" in proc.stderr and "Traceback" not in proc.stderr
