@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 RUN     := $(PY) -m dylora.run
 REPORT  := $(PY) -m dylora.cli.report
 
-.PHONY: setup java test test-fast demo clean
+.PHONY: setup java test test-fast demo clean reproduce-table1 reproduce-table1-cpu search-cost bench
 
 setup: $(STAMP) java
 
@@ -39,3 +39,42 @@ demo: setup
 
 clean:
 	rm -rf .pytest_cache build src/*.egg-info
+
+## Table 1 as in the paper: RoBERTa-base, the 8 GLUE tasks, LoRA / DyLoRA / DyLoRA (Frozen) at
+## ranks 1..8, preset paper, seeds 10 42 4242 1010; meant for GPUs. From the hub, or offline with
+## GLUE_DIR=DIR (GLUE TSV layout) MODEL_PATH=DIR. Prints the plan and its cost first; finished runs
+## are skipped, so running it again resumes. TASKS="..." SEEDS="..." narrow it; OVERRIDES="k=v ..."
+## adds Hydra overrides. Runs under OUT_DIR (experiments), tables in RESULTS_DIR/table1 (results).
+## reproduce-table1-cpu: the same on the bundled MiniLM with the cpu preset (conf/preset/cpu.yaml),
+## GLUE_DIR default ../shared/data/glue, TASKS default "cola mrpc rte stsb", one seed.
+OUT_DIR     ?= experiments
+RESULTS_DIR ?= results
+OVERRIDES   ?=
+reproduce-table1: TASKS ?= mnli sst2 mrpc cola qnli qqp rte stsb
+reproduce-table1: SEEDS ?= 10 42 4242 1010
+reproduce-table1: TABLE1_EXPERIMENT = table1
+reproduce-table1-cpu: TASKS ?= cola mrpc rte stsb
+reproduce-table1-cpu: SEEDS ?= 42
+reproduce-table1-cpu: GLUE_DIR ?= ../shared/data/glue
+reproduce-table1-cpu: TABLE1_EXPERIMENT = table1_cpu
+_empty :=
+_comma := ,
+# space-separated TASKS/SEEDS -> Hydra's comma sweeps
+TABLE1_ARGS = experiment=$(TABLE1_EXPERIMENT) task=$(subst $(_empty) ,$(_comma),$(strip $(TASKS))) \
+  method=lora,dylora,dylora_frozen seed=$(subst $(_empty) ,$(_comma),$(strip $(SEEDS))) out_dir=$(OUT_DIR) \
+  $(if $(GLUE_DIR),data.glue_dir=$(GLUE_DIR)) $(if $(MODEL_PATH),model.path=$(MODEL_PATH)) $(OVERRIDES)
+
+reproduce-table1 reproduce-table1-cpu: $(STAMP)
+	$(PY) -m dylora.reproduce $(TABLE1_ARGS)
+	$(RUN) -m $(TABLE1_ARGS)
+	$(REPORT) experiment=$(TABLE1_EXPERIMENT) out_dir=$(OUT_DIR) results_dir=$(RESULTS_DIR)
+
+## LoRA trained separately at every rank 1..8 vs one DyLoRA run, measured wall-clock (synthetic
+## task, a few CPU minutes; one thread: a tiny model only waits on more): results/search_cost/
+search-cost: setup
+	OMP_NUM_THREADS=1 $(PY) -m dylora.search_cost experiment=search_cost_cpu
+
+## DyLoRA vs PEFT LoRA on this machine (GPU when there is one): step time, peak memory, rank
+## sweep, search speed-up, each as a ratio with its target: results/bench.json
+bench: setup
+	$(PY) -m dylora.bench

@@ -1,0 +1,222 @@
+"""The plan of a ``make reproduce-table1[-cpu]`` multirun, printed before any training starts.
+
+    python -m dylora.reproduce experiment=table1_cpu task=cola,mrpc method=lora,dylora seed=42 \
+        data.glue_dir=../shared/data/glue
+
+It takes the very overrides the Makefile hands to ``dylora-run -m``, expands the sweeps (``a,b``)
+as Hydra's basic sweeper does, composes every run's configuration, and then:
+
+- checks that every task's files exist under ``data.glue_dir`` (all missing files named at once),
+  and that ``model.path``, when set, is a folder;
+- prints the runs (tasks, methods, seeds; how many are already finished and will be skipped)
+  and a cost estimate: training and evaluation sequences times an assumed time per sequence
+  for the model and device (``SECONDS_PER_SEQUENCE``), printed as an assumption.
+
+Exit status 1 with a one-line ``error:`` when a file is missing or the configuration is invalid.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dylora.errors import ConfigError, DataError, DyLoRAError
+
+# The GLUE splits' sizes (train, every evaluation split), for the hub, where no file can be counted.
+GLUE_SIZES: dict[str, tuple[int, tuple[int, ...]]] = {
+    "cola": (8551, (1043,)), "sst2": (67349, (872,)), "mrpc": (3668, (408,)), "qqp": (363846, (40430,)),
+    "stsb": (5749, (1500,)), "mnli": (392702, (9815, 9832)), "qnli": (104743, (5463,)), "rte": (2490, (277,)),
+}
+
+# Assumed seconds per sequence (training: forward + backward + step; evaluation: forward), by
+# model and device type, at the presets' max lengths with per-batch padding. Rough by design:
+# - roberta-base, cuda: ~0.1 s per step of 32 on one A100/H100-class GPU (an assumption, not measured);
+# - minilm, cpu: measured with the cpu preset on ONE thread of a 2-core machine shared with other
+#   jobs: training 0.11 (CoLA), 0.09 (STS-B), 0.2-0.3 (MRPC) s per sequence; evaluation 0.02 (CoLA)
+#   to 0.14 (MRPC). The figure below assumes both cores free: about half the shared-core averages.
+SECONDS_PER_SEQUENCE: dict[tuple[str, str], tuple[float, float]] = {
+    ("roberta-base", "cuda"): (3e-3, 1e-3),
+    ("roberta-large", "cuda"): (9e-3, 3e-3),
+    ("minilm", "cpu"): (0.07, 0.03),
+    ("minilm", "cuda"): (1e-3, 3e-4),
+    ("roberta-base", "cpu"): (1.2, 0.4),
+}
+FALLBACK_SECONDS = (0.05, 0.015)
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    task: str
+    method: str
+    seed: int
+    train_sequences: int  # training rows x epochs (or max_steps x batch size)
+    eval_sequences: int  # evaluation rows x ranks evaluated
+    done: bool  # already finished: dylora-run skips it
+
+
+def expand(overrides: list[str]) -> list[list[str]]:
+    """Every job of ``dylora-run -m overrides``: the sweeps' cartesian product, as Hydra's basic sweeper."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    choices = []
+    for o in parsed:
+        if o.is_sweep_override():
+            key = o.get_key_element()
+            choices.append([f"{key}={v}" for v in o.sweep_string_iterator()])
+        else:
+            choices.append([o.input_line])
+    return [list(job) for job in itertools.product(*choices)]
+
+
+def compose_all(jobs: list[list[str]]) -> list[dict[str, Any]]:
+    """The resolved configuration of every job, composed from ``conf/`` as dylora-run does."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from dylora.cli.run import CONF_DIR
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return [OmegaConf.to_container(compose(config_name="config", overrides=job), resolve=True) for job in jobs]
+
+
+def missing_files(tasks: list[str], glue_dir: str | Path) -> list[Path]:
+    """The files of ``tasks`` that ``glue_dir`` lacks (the layout ``load_glue`` reads)."""
+    from dylora.tasks.glue import get_task
+
+    missing = []
+    for name in tasks:
+        spec = get_task(name)
+        missing += [p for f in spec.split_files.values() if not (p := Path(glue_dir) / spec.dir_name / f).is_file()]
+    return missing
+
+
+def check_inputs(configs: list[dict[str, Any]]) -> None:
+    """DataError naming every missing GLUE file; ConfigError for a model.path that is no folder."""
+    by_dir: dict[str, list[str]] = {}
+    for c in configs:
+        if c["task"]["kind"] == "glue" and c["data"]["glue_dir"] is not None:
+            by_dir.setdefault(str(c["data"]["glue_dir"]), []).append(c["task"]["name"])
+    missing = [p for d, tasks in by_dir.items() for p in missing_files(sorted(set(tasks)), d)]
+    if missing:
+        raise DataError(f"missing GLUE file(s): {', '.join(map(str, missing))}; set GLUE_DIR (data.glue_dir) to a "
+                        "folder in the download_glue_data.py layout, or name only the tasks it holds (TASKS=...)")
+    paths = {c["model"]["path"] for c in configs if c["model"].get("path")}
+    bad = sorted(p for p in paths if not Path(p).is_dir())
+    if bad:
+        raise ConfigError(f"model.path={bad[0]} is not a folder; set MODEL_PATH to a local copy of the model")
+
+
+def _tsv_rows(path: Path, header: bool) -> int:
+    with path.open("rb") as f:
+        return max(sum(1 for line in f if line.strip()) - header, 0)
+
+
+def split_sizes(task: str, glue_dir: str | None) -> tuple[int, tuple[int, ...]]:
+    """(training rows, rows of each evaluation split): counted lines of the TSV files, or the hub's sizes."""
+    from dylora.tasks.glue import get_task
+
+    if glue_dir is None:
+        return GLUE_SIZES[task]
+    spec = get_task(task)
+    header = not spec.tsv_headerless_columns
+    root = Path(glue_dir) / spec.dir_name
+    return _tsv_rows(root / "train.tsv", header), tuple(_tsv_rows(root / f, header) for f in spec.eval_files)
+
+
+def plan_run(config: dict[str, Any]) -> PlannedRun:
+    from dylora import records
+    from dylora.spec import RunSpec
+
+    spec = RunSpec.from_dict(config)
+    data, trainer = spec.data, spec.trainer
+    n_train, n_evals = split_sizes(spec.task.name, data.glue_dir)
+    n_train = min(n_train, data.max_train_samples or n_train)
+    n_eval = sum(min(n, data.max_eval_samples or n) for n in n_evals)
+    per_step = trainer.batch_size * trainer.grad_accum
+    if trainer.max_steps is not None:
+        train_sequences = trainer.max_steps * per_step
+    else:
+        train_sequences = math.ceil(trainer.epochs * math.ceil(n_train / per_step)) * per_step
+    run_dir = records.run_dir_for(spec.out_dir, config)
+    done = (run_dir / records.DONE).exists()
+    return PlannedRun(spec.task.name, spec.method_name, spec.seed, train_sequences, n_eval * len(spec.eval_ranks), done)
+
+
+def device_type(configs: list[dict[str, Any]]) -> str:
+    chosen = {str(c["trainer"]["device"]) for c in configs}
+    if chosen <= {"auto"}:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return sorted(chosen)[0].split(":")[0]
+
+
+def estimate_seconds(runs: list[PlannedRun], model: str, device: str) -> tuple[float, tuple[float, float], bool]:
+    """(seconds for the runs not yet finished, the per-sequence assumption used, whether it is a fallback)."""
+    known = (model, device) in SECONDS_PER_SEQUENCE
+    train_s, eval_s = SECONDS_PER_SEQUENCE.get((model, device), FALLBACK_SECONDS)
+    todo = [r for r in runs if not r.done]
+    return sum(r.train_sequences * train_s + r.eval_sequences * eval_s for r in todo), (train_s, eval_s), not known
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
+
+
+def describe(configs: list[dict[str, Any]], runs: list[PlannedRun]) -> str:
+    """The plan as printed: what runs, from where, and what it should cost."""
+    first = configs[0]
+    model = str(first["model"]["name"])
+    device = device_type(configs)
+    seconds, (train_s, eval_s), fallback = estimate_seconds(runs, model, device)
+    glue_dir = first["data"]["glue_dir"]
+    done = sum(r.done for r in runs)
+    lines = [
+        f"plan: experiment {first['experiment']}: {len(runs)} runs ({done} already finished, skipped) = "
+        f"{len({r.task for r in runs})} tasks x {len({r.method for r in runs})} methods x {len({r.seed for r in runs})} seeds",
+        f"  tasks:   {', '.join(dict.fromkeys(r.task for r in runs))}",
+        f"  methods: {', '.join(dict.fromkeys(r.method for r in runs))}",
+        f"  seeds:   {', '.join(map(str, dict.fromkeys(r.seed for r in runs)))}",
+        f"  model {model} ({first['model'].get('path') or first['model'].get('hub_id') or first['model']['source']}), "
+        f"preset {first.get('preset')}, device {device}, data {glue_dir or 'the Hugging Face hub'}",
+        f"  out_dir {first['out_dir']}",
+        f"  cost: {sum(r.train_sequences for r in runs if not r.done):,} training and "
+        f"{sum(r.eval_sequences for r in runs if not r.done):,} evaluation sequences left, about {_hours(seconds)}",
+        f"  (ASSUMPTION{' - no figure for this model/device, a generic guess' if fallback else ''}: "
+        f"{train_s:g} s per training and {eval_s:g} s per evaluation sequence "
+        f"for {model} on {device}; "
+        "see dylora.reproduce.SECONDS_PER_SEQUENCE)",
+    ]
+    if device == "cpu" and model.startswith("roberta"):
+        lines.append("  warning: this is meant for GPUs; on a CPU use make reproduce-table1-cpu")
+    return "\n".join(lines)
+
+
+def plan(overrides: list[str]) -> tuple[list[dict[str, Any]], list[PlannedRun]]:
+    """Compose, check the inputs, and plan every job of ``dylora-run -m overrides``."""
+    configs = compose_all(expand(overrides))
+    check_inputs(configs)
+    return configs, [plan_run(c) for c in configs]
+
+
+def main(argv: list[str] | None = None) -> int:
+    overrides = list(sys.argv[1:] if argv is None else argv)
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        configs, runs = plan(overrides)
+    except (DyLoRAError, HydraException, OmegaConfBaseException) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(describe(configs, runs), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""make reproduce-table1[-cpu]: the plan and cost printed first, the input check, the make path end to end."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import REPO, compose_config
+
+from dylora import reproduce
+from dylora.errors import DataError
+from dylora.reproduce import PlannedRun
+from glue_fixtures import make_examples, write_glue_dir
+
+RESULTS = REPO / "results" / "table1_cpu"
+
+
+@pytest.fixture(scope="module")
+def small_glue(tmp_path_factory) -> Path:
+    return write_glue_dir(tmp_path_factory.mktemp("glue"), tasks=("rte", "cola", "mnli"), n_train=40, n_dev=16)
+
+
+def test_expand_is_the_cartesian_product_of_the_sweeps():
+    jobs = reproduce.expand(["experiment=table1_cpu", "task=rte,cola", "method=lora,dylora", "seed=1"])
+    assert sorted(map(tuple, jobs)) == sorted(
+        ("experiment=table1_cpu", f"task={t}", f"method={m}", "seed=1") for t in ("rte", "cola") for m in ("lora", "dylora")
+    )
+
+
+def test_split_sizes_count_the_rows_written(small_glue):
+    for task in ("rte", "cola"):  # cola's files have no header line, rte's have one
+        n_train = len(make_examples(task, "train", 40))
+        assert reproduce.split_sizes(task, str(small_glue)) == (n_train, (len(make_examples(task, "validation", 16)),))
+    assert reproduce.split_sizes("mnli", str(small_glue)) == (40, (16, 16))  # matched and mismatched
+    assert reproduce.split_sizes("qqp", None) == (363846, (40430,))  # the hub: the published sizes
+
+
+@pytest.mark.parametrize(("extra", "train_steps", "batch"), [
+    ([], 3 * math.ceil(40 / 32), 32),  # the cpu preset: 3 epochs of batch 32 over the 40 rows
+    (["data.max_train_samples=10", "trainer.epochs=2"], 2, 32),  # one short batch per epoch
+    (["trainer.max_steps=5", "trainer.batch_size=4"], 5, 4),
+])
+def test_plan_counts_sequences_from_the_composed_config(small_glue, tmp_path, extra, train_steps, batch):
+    args = ["experiment=table1_cpu", "task=rte", "method=lora,dylora", "seed=7", f"data.glue_dir={small_glue}",
+            f"out_dir={tmp_path}", *extra]
+    configs, runs = reproduce.plan(args)
+    assert [(r.task, r.method, r.seed) for r in runs] == [("rte", "lora", 7), ("rte", "dylora", 7)]
+    assert all(c["model"]["name"] == "minilm" and c["preset"] == "cpu" for c in configs)
+    for r in runs:
+        assert r.train_sequences == train_steps * batch
+        assert r.eval_sequences == 16 * 8  # every dev row at ranks 1..8
+        assert not r.done
+
+
+def test_plan_sees_finished_runs(small_glue, tmp_path):
+    from dylora import records
+
+    args = ["experiment=table1_cpu", "task=rte", "method=lora", "seed=1", f"data.glue_dir={small_glue}", f"out_dir={tmp_path}"]
+    run_dir = records.run_dir_for(tmp_path, compose_config(args))
+    run_dir.mkdir(parents=True)
+    (run_dir / records.DONE).write_text("{}")
+    assert [r.done for r in reproduce.plan(args)[1]] == [True]
+
+
+def test_estimate_sums_the_runs_left_at_the_assumed_rates():
+    runs = [PlannedRun("rte", "lora", 1, 1000, 200, False), PlannedRun("rte", "dylora", 1, 500, 100, False),
+            PlannedRun("cola", "lora", 1, 9999, 9999, True)]  # finished: costs nothing
+    train_s, eval_s = reproduce.SECONDS_PER_SEQUENCE[("minilm", "cpu")]
+    seconds, rates, fallback = reproduce.estimate_seconds(runs, "minilm", "cpu")
+    assert seconds == pytest.approx(1500 * train_s + 300 * eval_s) and rates == (train_s, eval_s) and not fallback
+    assert reproduce.estimate_seconds(runs, "unknown-model", "cpu")[1:] == (reproduce.FALLBACK_SECONDS, True)
+
+
+def test_missing_task_files_stop_it_with_one_message_naming_them(small_glue, tmp_path, capsys):
+    args = ["experiment=table1_cpu", "task=rte,mrpc,qqp", "method=lora", f"data.glue_dir={small_glue}", f"out_dir={tmp_path}"]
+    with pytest.raises(DataError) as err:
+        reproduce.plan(args)
+    for name in ("MRPC/train.tsv", "MRPC/dev.tsv", "QQP/train.tsv", "QQP/dev.tsv"):
+        assert name in str(err.value)
+    assert "RTE" not in str(err.value)
+    assert reproduce.main(args) == 1
+    out = capsys.readouterr()
+    assert out.out == "" and out.err.startswith("error: missing GLUE file(s):") and out.err.count("\n") == 1
+
+
+def test_model_path_must_be_a_folder(small_glue, tmp_path, capsys):
+    args = ["experiment=table1", "task=rte", "method=lora", f"data.glue_dir={small_glue}", f"model.path={tmp_path}/none"]
+    assert reproduce.main(args) == 1
+    assert "model.path=" in capsys.readouterr().err
+
+
+def test_printed_plan_names_runs_and_cost(small_glue, tmp_path, capsys):
+    args = ["experiment=table1", "task=rte,cola", "method=lora,dylora,dylora_frozen", "seed=10,42",
+            f"data.glue_dir={small_glue}", f"out_dir={tmp_path}", "trainer.device=cuda"]
+    assert reproduce.main(args) == 0
+    out = capsys.readouterr().out
+    assert "12 runs (0 already finished, skipped) = 2 tasks x 3 methods x 2 seeds" in out
+    assert "methods: lora, dylora, dylora_frozen" in out and "seeds:   10, 42" in out
+    assert "model roberta-base" in out and "preset paper" in out and "device cuda" in out
+    # paper preset: 30 epochs of batch 32 over 40 rows = 60 steps of 32; 16 dev rows x 8 ranks
+    train_seqs, eval_seqs = 12 * 60 * 32, 12 * 16 * 8
+    assert f"{train_seqs:,} training and {eval_seqs:,} evaluation sequences" in out
+    assert "ASSUMPTION" in out
+
+
+def _make(target: str, *variables: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0"}
+    # -o: never (re)build the virtual environment; PY: this interpreter
+    return subprocess.run(["make", "-s", "-C", str(REPO), "-o", ".venv/.installed", target, f"PY={sys.executable}",
+                           *variables], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_reproduce_table1_cpu_runs_plans_and_reports(tmp_path):
+    glue = write_glue_dir(tmp_path / "glue", tasks=("rte",), n_train=16, n_dev=8)
+    out, res = tmp_path / "exp", tmp_path / "res"
+    tiny = "trainer.max_steps=2 trainer.batch_size=4 trainer.eval_batch_size=8 model.max_length=32 method.eval_ranks=[1,8]"
+    result = _make("reproduce-table1-cpu", f"GLUE_DIR={glue}", "TASKS=rte", f"OUT_DIR={out}", f"RESULTS_DIR={res}",
+                   f"OVERRIDES={tiny}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "plan: experiment table1_cpu: 3 runs" in result.stdout
+    assert result.stdout.index("plan:") < result.stdout.index("table1_cpu: wrote")  # planned before it ran
+    for ext in ("md", "csv", "tex"):
+        assert (res / "table1_cpu" / f"table1.{ext}").is_file()
+    cells = pd.read_csv(res / "table1_cpu" / "table1.csv")
+    assert set(cells["method"]) == {"lora", "dylora", "dylora_frozen"}
+    md = (res / "table1_cpu" / "table1.md").read_text()
+    assert "Departure from the paper: model.max_length 32 (paper: 512)." in md
+    assert "Departure from the paper: preset cpu (paper: paper)." in md
+
+
+def test_make_stops_before_training_when_files_are_missing(tmp_path):
+    result = _make("reproduce-table1-cpu", f"GLUE_DIR={tmp_path}/none", "TASKS=rte", f"OUT_DIR={tmp_path}/exp",
+                   cwd=tmp_path)
+    assert result.returncode != 0
+    assert "error: missing GLUE file(s):" in result.stderr and "RTE/train.tsv" in result.stderr
+    assert not (tmp_path / "exp").exists()  # nothing ran
+
+
+@pytest.mark.skipif(not (RESULTS / "records").is_dir(), reason="no committed table1_cpu run records")
+def test_committed_tables_regenerate_from_the_committed_records(tmp_path):
+    from dylora.report import build_report
+
+    build_report(RESULTS / "records", tmp_path, "table1_cpu")
+    for name in ("table1.csv", "table2.csv"):
+        expected = pd.read_csv(RESULTS / name)
+        pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "table1_cpu" / name), expected)
