@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -53,7 +54,9 @@ def compose_spec(overrides: list[str]):
 
 def run_cli(args: list[str], *, cwd: Path, env: dict | None = None, timeout: float = 300, module: str = "dylora.run"):
     """Run ``python -m <module> args`` as a user would; returns the CompletedProcess."""
-    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0", **(env or {})}
+    # The test process's thread count: results compared with in-process runs are then bitwise equal.
+    threads = str(torch.get_num_threads())
+    full_env = {**os.environ, "OMP_NUM_THREADS": threads, "HYDRA_FULL_ERROR": "0", **(env or {})}
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=full_env, capture_output=True,
                           text=True, timeout=timeout)
 

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import compose_spec, run_cli, tiny_overrides
 
 from dylora import records
@@ -40,7 +41,7 @@ def reference(fault_args, tmp_path_factory) -> Path:
 
 
 def start(args: list[str], cwd: Path, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}  # as the in-process reference: bitwise equal sums
     with log.open("w") as stderr:
         return subprocess.Popen([sys.executable, "-m", "dylora.run", *args], cwd=cwd, env=env,
                                 stdout=subprocess.DEVNULL, stderr=stderr)
@@ -61,6 +62,15 @@ def pointer(out: Path) -> str | None:
         return next(out.rglob("checkpoint/latest.json")).read_text()
     except (StopIteration, OSError):
         return None
+
+
+def checkpoint_step(out: Path) -> int:
+    """The step of the latest checkpoint under ``out`` (-1 when there is none)."""
+    text = pointer(out)
+    try:
+        return int(text.split("state-")[1].split(".")[0]) if text else -1
+    except (IndexError, ValueError):  # read while being replaced
+        return -1
 
 
 def assert_same_record(run_dir: Path, reference: Path) -> None:
@@ -85,15 +95,18 @@ def test_kills_at_random_moments_with_a_checkpoint_every_step_resume_bit_identic
     resume from a usable checkpoint and the end result must not change."""
     out, args, chance = tmp_path / "exp", [*fault_args, f"out_dir={tmp_path / 'exp'}"], random.Random(0)
     kills = 0
-    for attempt in range(2):
+    # Kill once training passes a random step well before the end (so the kill never lands after the
+    # run is complete, however fast the machine), then a few ms later: often inside a checkpoint write.
+    for attempt, (low, high) in enumerate([(10, 50), (70, 110)]):
         log = tmp_path / f"attempt{attempt}.log"
         proc = start(args, tmp_path, log)
-        before = pointer(out)
-        if wait_for(lambda: pointer(out) not in (None, before), proc):  # it is training (and checkpointing)
-            time.sleep(chance.uniform(0.0, 0.8))
+        target = chance.randint(low, high)
+        if wait_for(lambda: checkpoint_step(out) >= target, proc, poll=0.002):
+            time.sleep(chance.uniform(0.0, 0.02))
             proc.send_signal(signal.SIGKILL)
             kills += proc.wait() == -signal.SIGKILL
         proc.wait()
+        assert not list(out.rglob(records.DONE)), "killed after the run had finished: the test proves nothing"
         if attempt:
             assert "resuming from step" in log.read_text() and "unusable" not in log.read_text(), log.read_text()[-2000:]
     assert kills == 2, "the run ended before it could be killed twice"

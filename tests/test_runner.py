@@ -82,7 +82,7 @@ def test_sigkilled_run_resumes_and_ends_with_identical_metrics(tmp_path, glue_di
     reference = execute(compose_spec([*args, f"out_dir={tmp_path / 'reference'}"]), progress=False)
 
     out = tmp_path / "killed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}  # as the in-process reference
     proc = subprocess.Popen([sys.executable, "-m", "dylora.run", *args, f"out_dir={out}"], cwd=tmp_path, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     pointer = None
