@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, compose_config, compose_spec, run_cli, tiny_overrides
+from conftest import compose_config, compose_spec, run_cli, tiny_overrides
 
 from dylora import records
 from dylora.errors import ConfigError
 from dylora.runner import execute
 from dylora.spec import RunSpec
-from glue_fixtures import ALL_TASKS, DIR_NAMES, write_glue_dir
+from glue_fixtures import ALL_TASKS, write_glue_dir
 
 EXPECTED_METRICS = {
     "cola": {"accuracy", "matthews_correlation"},

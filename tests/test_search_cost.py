@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-from pathlib import Path
 
 import pytest
 from conftest import REPO, compose_config, run_cli, tiny_overrides

@@ -20,7 +20,7 @@ import torch
 import torch.distributed as torch_dist
 
 from dylora import records
-from dylora.adapters import add_adapters, load_adapter, rank_schedule, save_adapter, trainable_parameters
+from dylora.adapters import add_adapters, rank_schedule, save_adapter, trainable_parameters
 from dylora.adapters.io import read_adapter_config
 from dylora.errors import ConfigError, RecordError, TrainingError
 from dylora.models import load_model, load_tokenizer
