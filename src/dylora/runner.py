@@ -21,7 +21,7 @@ import torch.distributed as torch_dist
 
 from dylora import records
 from dylora.adapters import add_adapters, rank_schedule, save_adapter, trainable_parameters
-from dylora.adapters.io import read_adapter_config
+from dylora.adapters.io import load_lora_weights
 from dylora.errors import ConfigError, RecordError, TrainingError
 from dylora.models import load_model, load_tokenizer
 from dylora.spec import RunSpec
@@ -112,17 +112,7 @@ def _init_from(spec: RunSpec, model) -> None:
             f"run task={spec.trainer.init_from} first (same experiment, method and seed)"
         )
     path = candidates[-1] / records.ADAPTER
-    if read_adapter_config(path).r_max != spec.adapter.r_max:
-        raise ConfigError(f"{path} has a different r_max than this run ({spec.adapter.r_max})")
-    from safetensors.torch import load_file
-
-    from dylora.adapters import adapter_layers
-
-    tensors = load_file(str(path))
-    with torch.no_grad():
-        for name, layer in adapter_layers(model):
-            layer.lora_A.copy_(tensors[f"{name}.lora_A"])
-            layer.lora_B.copy_(tensors[f"{name}.lora_B"])
+    load_lora_weights(model, path)
     say(f"initialised the adapters from {path}")
 
 

@@ -10,8 +10,8 @@ Under torch.distributed each process takes its slice of every global batch.
 from __future__ import annotations
 
 import json
-import sys
 import math
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -24,11 +24,10 @@ from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from dylora.progress import bar as progress_bar
-
 from dylora.adapters import adapter_config, hold_untrained_rows, set_rank
 from dylora.adapters.io import adapter_state_dict
 from dylora.errors import TrainingError
+from dylora.progress import bar as progress_bar
 from dylora.records import atomic_write_json, sha256_file
 from dylora.spec import TrainerSpec
 

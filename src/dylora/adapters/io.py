@@ -83,14 +83,28 @@ def load_adapter(model: nn.Module, path: str | Path) -> nn.Module:
                 f"{path} does not fit this model: missing {sorted(set(expected) - keys)[:5]}, "
                 f"unexpected {sorted(keys - set(expected))[:5]}"
             )
+        _copy_lora(model, f.get_tensor)
         with torch.no_grad():
-            for name, layer in adapter_layers(model):
-                layer.lora_A.copy_(f.get_tensor(f"{name}.lora_A"))
-                layer.lora_B.copy_(f.get_tensor(f"{name}.lora_B"))
             for head in head_modules(model):
                 module = model.get_submodule(head)
                 module.load_state_dict({k[len(head) + 1 :]: f.get_tensor(k) for k in keys if k.startswith(head + ".")})
     return model
+
+
+@torch.no_grad()
+def _copy_lora(model: nn.Module, get_tensor) -> None:
+    for name, layer in adapter_layers(model):
+        layer.lora_A.copy_(get_tensor(f"{name}.lora_A"))
+        layer.lora_B.copy_(get_tensor(f"{name}.lora_B"))
+
+
+def load_lora_weights(model: nn.Module, path: str | Path) -> None:
+    """Copy only A and B from a dynamic adapter file into ``model``'s adapters (not the head):
+    to start one task from another's adapter."""
+    if read_adapter_config(path).r_max != adapter_config(model).r_max:
+        raise ConfigError(f"{path} has r_max {read_adapter_config(path).r_max}, this model's adapters {adapter_config(model).r_max}")
+    with safe_open(str(path), framework="pt") as f:
+        _copy_lora(model, f.get_tensor)
 
 
 # ---------------------------------------------------------------------------- PEFT
