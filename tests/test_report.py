@@ -233,6 +233,40 @@ def test_summary_auc_and_min_rank_by_hand(results):
     assert row["paper_min_rank_within_tol"] == 8  # rank 7 (85.44) is 1.38 below rank 8 (86.82)
 
 
+def finding_by_hand(task, dylora_bump=0.0):
+    """(drop margin, LoRA avg, DyLoRA avg, gap at r_max) from value(), each method over its finished seeds."""
+    curve = {m: [statistics.mean(table1_value(task, m, s, r) + 100 * (m == "dylora") * dylora_bump
+                                 for s in seeds_of(task, m)) for r in range(1, R_MAX + 1)]
+             for m in ("lora", "dylora")}
+    drops = {m: c[-1] - c[0] for m, c in curve.items()}
+    return (drops["lora"] - drops["dylora"], statistics.mean(curve["lora"]), statistics.mean(curve["dylora"]),
+            curve["dylora"][-1] - curve["lora"][-1])
+
+
+def test_finding_flags_equal_sums_by_hand(results, tmp_path):
+    finding = pd.read_csv(results / "finding.csv").set_index("task")
+    assert list(finding.index) == list(TASKS)
+    for task in TASKS:
+        row = finding.loc[task]
+        margin, lora_avg, dylora_avg, gap = finding_by_hand(task)
+        assert row["drop_margin"] == pytest.approx(margin) and row["gap_at_r_max"] == pytest.approx(gap)
+        assert row["lora_avg"] == pytest.approx(lora_avg) and row["dylora_avg"] == pytest.approx(dylora_avg)
+        assert row["holds"] == (margin >= 3 and dylora_avg >= lora_avg and abs(gap) <= 2)
+    # value() puts DyLoRA more than 2 points above LoRA at rank 8: only the r_max check fails
+    assert finding["drop_ok"].all() and finding["avg_ok"].all() and not finding["r_max_ok"].any()
+    assert "holds on 0 of 4 task(s)" in (results / "finding.md").read_text()
+
+    # lower DyLoRA by that gap and the finding holds
+    gap = finding_by_hand("cola")[3] / 100
+    for seed in SEEDS:
+        write_run(tmp_path, "cola", "lora", seed)
+        write_run(tmp_path, "cola", "dylora", seed, bump=-gap)
+    row = report.paper_finding(report.load_experiments(tmp_path)[EXPERIMENT]).iloc[0]
+    margin, lora_avg, dylora_avg, gap_after = finding_by_hand("cola", dylora_bump=-gap)
+    assert abs(gap_after) < 1e-9 and row["gap_at_r_max"] == pytest.approx(gap_after, abs=1e-9)
+    assert row["drop_margin"] == pytest.approx(margin) and dylora_avg >= lora_avg and row["holds"]
+
+
 def test_normalised_auc_and_min_rank_on_uneven_ranks():
     assert report.normalised_auc([4, 1, 2], [3, 1, 3]) == pytest.approx((2 * 1 + 3 * 2) / 3)
     assert report.normalised_auc([5], [7.0]) == 7.0
@@ -301,6 +335,7 @@ def test_cli_end_to_end_with_relative_paths(runs, tmp_path):
     done = cli(tmp_path, "out_dir=exps", "results_dir=res", f"experiment={EXPERIMENT}")
     assert done.returncode == 0, done.stderr
     assert f"{EXPERIMENT}: wrote" in done.stdout and "table2.md" in done.stdout
+    assert "the paper's finding holds on 0 of 4 task(s): none" in done.stdout
     assert (tmp_path / "res" / EXPERIMENT / "summary.csv").stat().st_size > 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exps", "res"]  # Hydra left nothing behind
 

@@ -12,6 +12,9 @@ For each experiment under ``out_dir`` this writes, into ``<results_dir>/<experim
   the paper's points overlaid.
 * ``summary.{csv,md}``: per task and method, the normalised area under the rank curve and the
   smallest rank within ``tolerance`` points of the best rank.
+* ``finding.{csv,md}``: per task, whether LoRA and DyLoRA show the paper's finding (LoRA loses
+  more when truncated to r_min, DyLoRA's average over ranks is at least LoRA's, the two agree at
+  r_max), on Table 1's metric.
 
 Every table has, per method and row, an "ours" row and, where the paper prints the number, a
 "paper" row and a "Δ" (ours − paper) row. Values are percent (×100) for metrics that come in
@@ -923,6 +926,69 @@ def write_summary(exp: Experiment, dest: Path, tolerance: float) -> list[Path]:
     return paths
 
 
+# ---------------------------------------------------------------------------- the paper's finding
+
+
+FINDING_COLUMNS = ["task", "metric", "r_min", "r_max", "n_seeds", "lora_drop", "dylora_drop", "drop_margin",
+                   "lora_avg", "dylora_avg", "gap_at_r_max", "drop_ok", "avg_ok", "r_max_ok", "holds"]
+
+
+def paper_finding(exp: Experiment, margin: float = 3.0, gap: float = 2.0) -> pd.DataFrame:
+    """Per task with LoRA and DyLoRA runs, whether Table 1's metric (seed means) shows the paper's
+    finding: LoRA's drop from r_max to r_min exceeds DyLoRA's by at least ``margin`` points
+    (drop_ok), DyLoRA's average over ranks r_min..r_max is at least LoRA's (avg_ok), and at r_max
+    the two are within ``gap`` points (r_max_ok)."""
+    sc, _ = scores(exp, TABLE1_METRICS)
+    rows = []
+    for task in _task_order(sc["task"].unique()):
+        of_task = sc[sc["task"] == task]
+        if not {"lora", "dylora"} <= set(of_task["method"]):
+            continue
+        ranges = {exp.rank_range(task, m) for m in ("lora", "dylora")}
+        if len(ranges) != 1:  # the two curves must span the same ranks to be compared
+            continue
+        r_min, r_max = ranges.pop()
+        curve = {m: of_task[(of_task["method"] == m) & of_task["rank"].between(r_min, r_max)]
+                 .groupby("rank")["value"].mean() for m in ("lora", "dylora")}
+        if any(not {r_min, r_max} <= set(c.index) for c in curve.values()):
+            continue
+        drop = {m: c[r_max] - c[r_min] for m, c in curve.items()}
+        avg = {m: float(c.mean()) for m, c in curve.items()}
+        row = dict(task=task, metric=str(of_task["metric"].iloc[0]), r_min=r_min, r_max=r_max,
+                   n_seeds=int(of_task["seed"].nunique()), lora_drop=drop["lora"], dylora_drop=drop["dylora"],
+                   drop_margin=drop["lora"] - drop["dylora"], lora_avg=avg["lora"], dylora_avg=avg["dylora"],
+                   gap_at_r_max=curve["dylora"][r_max] - curve["lora"][r_max])
+        row.update(drop_ok=row["drop_margin"] >= margin, avg_ok=avg["dylora"] >= avg["lora"],
+                   r_max_ok=abs(row["gap_at_r_max"]) <= gap)
+        row["holds"] = row["drop_ok"] and row["avg_ok"] and row["r_max_ok"]
+        rows.append(row)
+    return pd.DataFrame(rows, columns=FINDING_COLUMNS)
+
+
+def write_finding(exp: Experiment, dest: Path, margin: float = 3.0, gap: float = 2.0) -> list[Path]:
+    finding = paper_finding(exp, margin, gap)
+    paths = [dest / "finding.csv", dest / "finding.md"]
+    finding.to_csv(paths[0], index=False)
+    md = f"# The paper's finding, task by task ({exp.name})\n\n"
+    if finding.empty:
+        md += "No task has finished LoRA and DyLoRA runs over the same ranks.\n"
+    else:
+        text = [[("yes" if v is True else "no" if v is False else f"{v:+.2f}" if isinstance(v, float) else str(v),
+                  False) for v in r] for r in finding.astype(object).itertuples(index=False)]
+        md += markdown_table(FINDING_COLUMNS, text)
+        held = int(finding["holds"].sum())
+        md += f"\nThe finding holds on {held} of {len(finding)} task(s).\n"
+    md += (
+        "\n- Table 1's metric, mean over seeds, in points (percent).\n"
+        "- drop = value at r_max − value at r_min; drop_margin = lora_drop − dylora_drop; "
+        "gap_at_r_max = DyLoRA − LoRA at r_max; avg = mean over ranks r_min..r_max.\n"
+        f"- holds: drop_margin >= {margin:g} (LoRA loses more when truncated), dylora_avg >= lora_avg, "
+        f"and |gap_at_r_max| <= {gap:g}.\n"
+    )
+    paths[1].write_text(md)
+    return paths
+
+
 # ---------------------------------------------------------------------------- entry point
 
 
@@ -933,7 +999,7 @@ def write_report(exp: Experiment, results_dir: str | Path, tolerance: float = 1.
     paths = write_table(table1(exp), exp, dest) + write_table(table2(exp), exp, dest)
     for table in nlg_tables(exp):
         paths += write_table(table, exp, dest) + plot_nlg_curves(table, dest)
-    return paths + plot_rank_curves(exp, dest) + write_summary(exp, dest, tolerance)
+    return paths + plot_rank_curves(exp, dest) + write_summary(exp, dest, tolerance) + write_finding(exp, dest)
 
 
 def build_report(out_dir: str | Path, results_dir: str | Path, experiment: str | None = None,

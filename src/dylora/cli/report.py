@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import hydra
+import pandas as pd
 from hydra.utils import to_absolute_path
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
@@ -53,6 +54,15 @@ def _report(cfg: DictConfig) -> None:
         print(f"{name}: wrote {len(paths)} files to {paths[0].parent}")
         for path in paths:
             print(f"  {path.name}")
+        _print_finding(paths[0].parent / "finding.csv")
+
+
+def _print_finding(path: Path) -> None:
+    finding = pd.read_csv(path)
+    if not finding.empty:
+        held = ", ".join(finding.loc[finding["holds"], "task"]) or "none"
+        print(f"  the paper's finding holds on {int(finding['holds'].sum())} of {len(finding)} task(s): {held} "
+              f"(see {path.with_suffix('.md').name})")
 
 
 def main() -> None:
