@@ -207,6 +207,17 @@ def test_python_dash_m_and_console_script_are_the_same_app(tmp_path):
     assert via_script.returncode == 0 and via_script.stdout == via_module.stdout
 
 
+def test_a_run_records_and_hashes_its_own_per_task_values_only(tmp_path):
+    base = tiny_overrides("task=rte", f"out_dir={tmp_path}")
+    plain = compose_spec(base)
+    other_task = compose_spec(base + ["+trainer.per_task.cola.epochs=7"])
+    own = compose_spec(base + ["+trainer.per_task.rte.lr=0.01", "+trainer.per_task.rte.epochs=5"])
+    assert records.run_dir_for(tmp_path, other_task.config) == records.run_dir_for(tmp_path, plain.config)
+    assert records.run_dir_for(tmp_path, own.config) != records.run_dir_for(tmp_path, plain.config)
+    assert own.config["trainer"]["lr"] == own.trainer.lr == 0.01 and own.config["trainer"]["epochs"] == 5
+    assert "per_task" not in own.config["trainer"] and own.config["task"] == plain.config["task"]
+
+
 def test_init_from_takes_the_finished_mnli_adapter_and_refuses_when_it_is_missing(tmp_path, glue_dir):
     from safetensors.torch import load_file
 

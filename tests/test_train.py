@@ -38,6 +38,29 @@ def test_each_epoch_visits_every_example_once_in_a_seeded_order():
     assert step_indices(n, 0, per_epoch, trainer, 5) != step_indices(n, per_epoch, per_epoch, trainer, 5)  # reshuffled
 
 
+def test_group_by_length_keeps_each_epoch_whole_and_cuts_padding():
+    trainer = TrainerSpec(batch_size=4, grad_accum=2, epochs=2, group_by_length=True)
+    gen = torch.Generator().manual_seed(0)
+    n = 400
+    lengths = torch.randint(5, 120, (n,), generator=gen).tolist()
+    per_epoch, _ = total_steps(n, trainer)
+
+    def epoch_batches(epoch, lengths):
+        return [b for s in range(epoch * per_epoch, (epoch + 1) * per_epoch)
+                for b in step_indices(n, s, per_epoch, trainer, 5, lengths)]
+
+    grouped, plain = epoch_batches(0, lengths), epoch_batches(0, None)
+    assert sorted(i for b in grouped for i in b) == list(range(n))  # every example once
+    assert [len(b) for b in grouped] == [len(b) for b in plain]
+    assert epoch_batches(0, lengths) == grouped and epoch_batches(1, lengths) != grouped  # seeded, reshuffled
+
+    def padded_tokens(batches):  # what a pad-to-longest collator feeds the model
+        return sum(len(b) * max(lengths[i] for i in b) for b in batches)
+
+    assert padded_tokens(grouped) < 0.75 * padded_tokens(plain)  # 0.67 here: ~mean length vs ~max of 4
+    assert max(lengths[i] for i in grouped[0]) == max(lengths)  # HF puts the longest batch first
+
+
 def tiny_setup(method: str = "dylora"):
     spec = ModelSpec(name="tiny-roberta", source="tiny", max_length=32,
                      tiny={"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64,

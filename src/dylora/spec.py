@@ -113,6 +113,7 @@ class TrainerSpec:
     label_smoothing: float = 0.0  # causal-LM tasks: smoothed cross-entropy over target tokens
     grad_accum: int = 1
     max_grad_norm: float | None = 1.0
+    group_by_length: bool = False  # batches of similar length (HF's group_by_length): less padding
     checkpoint_every: int = 100
     device: str = "auto"
     init_from: str | None = None  # a task name: start from that task's finished adapter (MNLI trick)
@@ -132,6 +133,8 @@ class TrainerSpec:
             raise ConfigError(f"trainer.warmup_steps={self.warmup_steps!r} must be a whole number >= 0 or null")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"trainer.label_smoothing={self.label_smoothing!r} must be in [0, 1)")
+        if not isinstance(self.group_by_length, bool):
+            raise ConfigError(f"trainer.group_by_length={self.group_by_length!r} must be true or false")
 
     def for_task(self, task: str) -> "TrainerSpec":
         """These values with the task's ``per_task`` overrides applied."""
@@ -202,8 +205,16 @@ class RunSpec:
             trainer=trainer,
             data=_build(DataSpec, "data", dict(config["data"])),
             logger=_build(LoggerSpec, "logger", dict(config["logger"])),
-            config=config,
+            config=_effective(config, task.name),
         )
+
+
+def _effective(config: dict[str, Any], task: str) -> dict[str, Any]:
+    """``config`` with the task's ``trainer.per_task`` values applied and the table dropped: what the run
+    records and hashes are its own settings, so a change to another task's values renames no run."""
+    trainer = dict(config["trainer"])
+    overrides = (trainer.pop("per_task", None) or {}).get(task, {})
+    return {**config, "trainer": {**trainer, **overrides}}
 
 
 def _check_family(model: ModelSpec, task: TaskSpec) -> None:

@@ -23,6 +23,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
+from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from dylora.adapters import adapter_config, hold_untrained_rows, set_rank
 from dylora.adapters.io import adapter_state_dict
@@ -76,11 +77,18 @@ def total_steps(n_examples: int, trainer: TrainerSpec) -> tuple[int, int]:
     return per_epoch, total
 
 
-def step_indices(n: int, step: int, per_epoch: int, trainer: TrainerSpec, seed: int) -> list[list[int]]:
-    """Example indices of each micro-batch of global step ``step`` (whole batches, all processes)."""
+def step_indices(n: int, step: int, per_epoch: int, trainer: TrainerSpec, seed: int,
+                 lengths: Sequence[int] | None = None) -> list[list[int]]:
+    """Example indices of each micro-batch of global step ``step`` (whole batches, all processes).
+    With ``lengths`` (``trainer.group_by_length``) the epoch's order groups similar lengths, as HF's Trainer."""
     epoch, pos = divmod(step, per_epoch)
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)).tolist()
-    start = pos * trainer.batch_size * trainer.grad_accum
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    global_batch = trainer.batch_size * trainer.grad_accum
+    if lengths is None:
+        order = torch.randperm(n, generator=generator).tolist()
+    else:
+        order = get_length_grouped_indices(list(lengths), global_batch, generator=generator)
+    start = pos * global_batch
     batches = [order[start + i * trainer.batch_size : start + (i + 1) * trainer.batch_size] for i in range(trainer.grad_accum)]
     return [b for b in batches if b]
 
@@ -105,6 +113,7 @@ def train(
     forward = ddp_model or model
     optimizer = make_optimizer(model, trainer)
     per_epoch, total = total_steps(len(dataset), trainer)
+    lengths = [len(dataset[i]["input_ids"]) for i in range(len(dataset))] if trainer.group_by_length else None
     warmup = trainer.warmup_steps if trainer.warmup_steps is not None else math.ceil(trainer.warmup_ratio * total)
     result = TrainResult(steps=0, seconds=0.0)
     if checkpoint_dir is not None:
@@ -118,7 +127,7 @@ def train(
         set_rank(model, rank)
         for group in optimizer.param_groups:
             group["lr"] = trainer.lr * lr_factor(step, total, warmup)
-        loss = _accumulate(forward, dataset, collate, step_indices(len(dataset), step, per_epoch, trainer, seed), dist, device,
+        loss = _accumulate(forward, dataset, collate, step_indices(len(dataset), step, per_epoch, trainer, seed, lengths), dist, device,
                            loss_fn)
         if not math.isfinite(loss):
             raise TrainingError(
