@@ -42,8 +42,9 @@ def test_split_sizes_count_the_rows_written(small_glue):
 
 
 @pytest.mark.parametrize(("extra", "train_steps", "batch"), [
-    ([], 3 * math.ceil(40 / 32), 32),  # the cpu preset: 3 epochs of batch 32 over the 40 rows
-    (["data.max_train_samples=10", "trainer.epochs=2"], 2, 32),  # one short batch per epoch
+    ([], 2 * math.ceil(40 / 16), 16),  # the cpu preset for RTE (per_task): 2 epochs of batch 16 over the 40 rows
+    (["data.max_train_samples=10"], 2, 16),  # one short batch per epoch
+    (["trainer.per_task.rte.epochs=4"], 4 * math.ceil(40 / 16), 16),  # per_task values are counted
     (["trainer.max_steps=5", "trainer.batch_size=4"], 5, 4),
 ])
 def test_plan_counts_sequences_from_the_composed_config(small_glue, tmp_path, extra, train_steps, batch):
@@ -134,6 +135,7 @@ def test_make_reproduce_table1_cpu_runs_plans_and_reports(tmp_path):
     md = (res / "table1_cpu" / "table1.md").read_text()
     assert "Departure from the paper: model.max_length 32 (paper: 512)." in md
     assert "Departure from the paper: preset cpu (paper: paper)." in md
+    assert "Departure from the paper: trainer.group_by_length true: batches of similar length" in md
 
 
 def test_make_stops_before_training_when_files_are_missing(tmp_path):
@@ -149,6 +151,6 @@ def test_committed_tables_regenerate_from_the_committed_records(tmp_path):
     from dylora.report import build_report
 
     build_report(RESULTS / "records", tmp_path, "table1_cpu")
-    for name in ("table1.csv", "table2.csv"):
+    for name in ("table1.csv", "table2.csv", "summary.csv", "finding.csv"):
         expected = pd.read_csv(RESULTS / name)
         pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "table1_cpu" / name), expected)

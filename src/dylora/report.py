@@ -686,6 +686,8 @@ def _run_departures(r: RunRecord) -> Iterator[str]:
         cap = _number(_get(c, key))
         if cap is not None and cap > 0:  # null or -1 means "no cap"
             yield f"{key} {_get(c, key)} caps training or evaluation (paper: no cap)"
+    if _get(c, "trainer.group_by_length") is True:
+        yield "trainer.group_by_length true: batches of similar length (paper: random batches)"
     if _get(c, "preset") != "paper":
         yield f"preset {_get(c, 'preset')} (paper: paper)"
     yield from _method_departures(r)
@@ -965,6 +967,14 @@ def paper_finding(exp: Experiment, margin: float = 3.0, gap: float = 2.0) -> pd.
     return pd.DataFrame(rows, columns=FINDING_COLUMNS)
 
 
+def _finding_cell(column: str, value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:+.2f}" if column in ("lora_drop", "dylora_drop", "drop_margin", "gap_at_r_max") else f"{value:.2f}"
+    return str(value)
+
+
 def write_finding(exp: Experiment, dest: Path, margin: float = 3.0, gap: float = 2.0) -> list[Path]:
     finding = paper_finding(exp, margin, gap)
     paths = [dest / "finding.csv", dest / "finding.md"]
@@ -973,8 +983,8 @@ def write_finding(exp: Experiment, dest: Path, margin: float = 3.0, gap: float =
     if finding.empty:
         md += "No task has finished LoRA and DyLoRA runs over the same ranks.\n"
     else:
-        text = [[("yes" if v is True else "no" if v is False else f"{v:+.2f}" if isinstance(v, float) else str(v),
-                  False) for v in r] for r in finding.astype(object).itertuples(index=False)]
+        text = [[(_finding_cell(col, v), False) for col, v in zip(FINDING_COLUMNS, r)]
+                for r in finding.astype(object).itertuples(index=False)]
         md += markdown_table(FINDING_COLUMNS, text)
         held = int(finding["holds"].sum())
         md += f"\nThe finding holds on {held} of {len(finding)} task(s).\n"
