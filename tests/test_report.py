@@ -261,7 +261,11 @@ def test_finding_flags_equal_sums_by_hand(results, tmp_path):
     for seed in SEEDS:
         write_run(tmp_path, "cola", "lora", seed)
         write_run(tmp_path, "cola", "dylora", seed, bump=-gap)
-    row = report.paper_finding(report.load_experiments(tmp_path)[EXPERIMENT]).iloc[0]
+    write_run(tmp_path, "rte", "dylora", 0)  # no LoRA run to compare with: named, not compared
+    exp = report.load_experiments(tmp_path)[EXPERIMENT]
+    report.write_finding(exp, tmp_path)
+    assert "Not compared (no finished LoRA and DyLoRA runs over the same ranks): rte." in (tmp_path / "finding.md").read_text()
+    row = report.paper_finding(exp).iloc[0]
     margin, lora_avg, dylora_avg, gap_after = finding_by_hand("cola", dylora_bump=-gap)
     assert abs(gap_after) < 1e-9 and row["gap_at_r_max"] == pytest.approx(gap_after, abs=1e-9)
     assert row["drop_margin"] == pytest.approx(margin) and dylora_avg >= lora_avg and row["holds"]

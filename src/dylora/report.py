@@ -988,6 +988,9 @@ def write_finding(exp: Experiment, dest: Path, margin: float = 3.0, gap: float =
         md += markdown_table(FINDING_COLUMNS, text)
         held = int(finding["holds"].sum())
         md += f"\nThe finding holds on {held} of {len(finding)} task(s).\n"
+    unpaired = sorted({r.task for r in exp.used} - set(finding["task"]))
+    if unpaired:
+        md += f"\nNot compared (no finished LoRA and DyLoRA runs over the same ranks): {', '.join(unpaired)}.\n"
     md += (
         "\n- Table 1's metric, mean over seeds, in points (percent).\n"
         "- drop = value at r_max − value at r_min; drop_margin = lora_drop − dylora_drop; "

@@ -87,7 +87,7 @@ def step_indices(n: int, step: int, per_epoch: int, trainer: TrainerSpec, seed: 
     if lengths is None:
         order = torch.randperm(n, generator=generator).tolist()
     else:
-        order = get_length_grouped_indices(list(lengths), global_batch, generator=generator)
+        order = get_length_grouped_indices(lengths, global_batch, generator=generator)
     start = pos * global_batch
     batches = [order[start + i * trainer.batch_size : start + (i + 1) * trainer.batch_size] for i in range(trainer.grad_accum)]
     return [b for b in batches if b]
