@@ -243,22 +243,31 @@ def test_empirical_distribution_matches_pmf(distribution, p):
 # ---------------------------------------------------------------------------- merge
 
 
+def assert_merge_round_trip(model, expected_delta):
+    """At every rank: merged weights equal base + expected_delta(layer, rank), the merged model gives
+    the unmerged logits, and unmerging restores the base weights."""
+    ids = inputs()
+    before = {n: layer.base.weight.detach().clone() for n, layer in adapter_layers(model)}
+    for rank in range(1, R_MAX + 1):
+        set_rank(model, rank)
+        expected = logits(model, ids)
+        with merged(model, rank):
+            for n, layer in adapter_layers(model):
+                torch.testing.assert_close(layer.base.weight, before[n] + expected_delta(layer, rank))
+            torch.testing.assert_close(logits(model, ids), expected, rtol=1e-4, atol=1e-5)
+        for n, layer in adapter_layers(model):
+            torch.testing.assert_close(layer.base.weight, before[n], rtol=0, atol=1e-5)
+
+
 def test_merge_then_unmerge_restores_base_and_outputs_agree():
     model = tiny_roberta()
     add_adapters(model, AdapterConfig(r_max=R_MAX, alpha=16))
     randomize(model)
-    ids = inputs()
-    base_weights = {n: layer.base.weight.detach().clone() for n, layer in adapter_layers(model)}
-    for rank in range(1, R_MAX + 1):
-        set_rank(model, rank)
-        unmerged_out = logits(model, ids)
-        with merged(model, rank):
-            for n, layer in adapter_layers(model):
-                a, b = layer.lora_A[0, :rank].detach(), layer.lora_B[0, :, :rank].detach()
-                torch.testing.assert_close(layer.base.weight, base_weights[n] + (16 / rank) * b @ a)
-            torch.testing.assert_close(logits(model, ids), unmerged_out, rtol=1e-4, atol=1e-5)
-        for n, layer in adapter_layers(model):
-            torch.testing.assert_close(layer.base.weight, base_weights[n], rtol=0, atol=1e-5)
+
+    def by_hand(layer, rank):  # alpha/b * B[:, :b] @ A[:b], computed here
+        return (16 / rank) * layer.lora_B[0, :, :rank].detach() @ layer.lora_A[0, :rank].detach()
+
+    assert_merge_round_trip(model, by_hand)
 
 
 def test_changing_rank_while_merged_unmerges_at_the_merged_rank():
@@ -376,14 +385,4 @@ def test_gpt2_conv1d_merge_matches_the_unmerged_forward_and_unmerges(targets):
     model = tiny_gpt2()
     add_adapters(model, AdapterConfig(r_max=R_MAX, target_modules=targets))
     randomize(model)
-    ids = inputs()
-    before = {n: layer.base.weight.detach().clone() for n, layer in adapter_layers(model)}
-    for rank in range(1, R_MAX + 1):
-        set_rank(model, rank)
-        expected = logits(model, ids)
-        with merged(model, rank):
-            for n, layer in adapter_layers(model):
-                torch.testing.assert_close(layer.base.weight, before[n] + layer.delta_weight(rank))
-            torch.testing.assert_close(logits(model, ids), expected, rtol=1e-4, atol=1e-5)
-        for n, layer in adapter_layers(model):
-            torch.testing.assert_close(layer.base.weight, before[n], rtol=0, atol=1e-5)
+    assert_merge_round_trip(model, lambda layer, rank: layer.delta_weight(rank))
