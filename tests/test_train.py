@@ -11,6 +11,7 @@ from transformers import DataCollatorWithPadding, get_linear_schedule_with_warmu
 from dylora import AdapterConfig, add_adapters, adapter_layers, rank_schedule
 from dylora.models import load_model, load_tokenizer
 from dylora.spec import ModelSpec, TrainerSpec
+from dylora.sweep import predict
 from dylora.train import lr_factor, step_indices, total_steps, train
 
 
@@ -99,3 +100,24 @@ def test_gradient_accumulation_equals_one_larger_batch():
         torch.testing.assert_close(a.lora_A, b.lora_A, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(a.lora_B, b.lora_B, rtol=1e-5, atol=1e-6)
         assert a.lora_B.abs().sum() > 0  # it did train
+
+
+def test_predict_batches_rows_by_length_and_returns_them_in_dataset_order():
+    model, collate, _ = tiny_setup()
+    gen = torch.Generator().manual_seed(1)
+    lengths = torch.randint(2, 30, (23,), generator=gen).tolist()
+    rows = [{"input_ids": [101, *torch.randint(1000, 2000, (n,), generator=gen).tolist(), 102], "labels": i % 2}
+            for i, n in enumerate(lengths)]
+    padded = []
+
+    def recording_collate(batch):
+        out = collate(batch)
+        padded.append(out["input_ids"].numel())
+        return out
+
+    logits, labels = predict(model, rows, recording_collate, 5, "cpu")
+    one_by_one = torch.cat([predict(model, [row], collate, 1, "cpu")[0] for row in rows])
+    torch.testing.assert_close(logits, one_by_one, rtol=1e-4, atol=1e-5)  # padding masked, order restored
+    assert labels.tolist() == [row["labels"] for row in rows]
+    sizes = sorted(len(row["input_ids"]) for row in rows)
+    assert sum(padded) == sum(len(sizes[s:s + 5]) * max(sizes[s:s + 5]) for s in range(0, len(sizes), 5))

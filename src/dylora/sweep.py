@@ -17,14 +17,17 @@ from dylora.adapters import merged
 
 @torch.no_grad()
 def predict(model: nn.Module, dataset: Sequence[dict], collate: Callable, batch_size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits, labels) over ``dataset``, in order."""
+    """(logits, labels) over ``dataset``, in order. Batches take the rows shortest first, so each pads
+    to lengths alike (the rank sweep runs every split r_max times); the outputs return to dataset order."""
     model.eval()
+    order = sorted(range(len(dataset)), key=lambda i: len(dataset[i]["input_ids"]))
     logits, labels = [], []
-    for start in range(0, len(dataset), batch_size):
-        batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+    for start in range(0, len(order), batch_size):
+        batch = collate([dataset[i] for i in order[start:start + batch_size]])
         labels.append(batch.pop("labels"))
         logits.append(model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu())
-    return torch.cat(logits), torch.cat(labels)
+    back = torch.argsort(torch.tensor(order))
+    return torch.cat(logits)[back], torch.cat(labels)[back]
 
 
 def rank_sweep(
