@@ -53,8 +53,9 @@ def config(task, method, seed):
     }
 
 
-def write_run(out_dir, task, method, seed, done=True, ranks=range(1, R_MAX + 1), bump=0.0):
+def write_run(out_dir, task, method, seed, done=True, ranks=range(1, R_MAX + 1), bump=0.0, trainer=None):
     cfg = config(task, method, seed)
+    cfg["trainer"].update(trainer or {})  # as trainer.per_task leaves it in the task's record
     run_dir = run_dir_for(out_dir, cfg)
     write_config(run_dir, cfg)
     rows = [MetricRow(task, method, seed, r, split, metric, value(task, method, seed, r, split, metric) + bump)
@@ -202,6 +203,21 @@ def test_footnote_names_settings_and_departures(results):
                      "Departure from the paper: 3 seed(s) (paper: 5)."):
         assert expected in md, expected
     assert "method.r_max" not in md and "trainer.lr" not in md  # equal to the paper: no departure
+
+
+def test_footnote_names_the_tasks_a_per_task_setting_holds_for(tmp_path):
+    per_task = {"cola": {"lr": 5e-4, "epochs": 6}, "rte": {"epochs": 1}}
+    for task in ("sst2", "mrpc", "cola", "rte"):
+        for method in ("lora", "dylora"):
+            write_run(tmp_path / "exp", task, method, 0, trainer=per_task.get(task))
+    report.build_report(tmp_path / "exp", tmp_path / "res")
+    md = (tmp_path / "res" / EXPERIMENT / "table1.md").read_text()
+    for expected in ("epochs 2 (cola 6, rte 1);", "lr 0.0004 (cola 0.0005);", "batch size 32;",
+                     "Departure from the paper (cola): trainer.lr 0.0005 (paper: 0.0004).",
+                     "Departure from the paper (sst2, mrpc): trainer.epochs 2 (paper: 30).",
+                     "Departure from the paper (rte): trainer.epochs 1 (paper: 30).",
+                     "Departure from the paper: model tiny-roberta (paper: roberta-base)."):
+        assert expected in md, expected
 
 
 def test_missing_and_unfinished_runs_are_listed(results):

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -602,8 +603,18 @@ def plot_nlg_curves(table: Table, dest: Path) -> list[Path]:
 
 
 def _values(runs: list[RunRecord], dotted: str) -> str:
-    found = sorted({str(_get(r.config, dotted)) for r in runs if _get(r.config, dotted) is not None})
-    return "/".join(found) if found else "unset"
+    """A setting over the runs: "4", or "4 (cola 6, rte 2)" when some tasks' runs (per_task) differ."""
+    by_task: dict[str, str] = {}
+    for task in _task_order({r.task for r in runs}):
+        found = sorted({str(_get(r.config, dotted)) for r in runs if r.task == task and _get(r.config, dotted) is not None})
+        if found:
+            by_task[task] = "/".join(found)
+    if not by_task:
+        return "unset"
+    counts = Counter(by_task.values())
+    common = max(sorted(counts), key=counts.__getitem__)  # the most tasks' value; ties: the smallest text
+    others = [f"{task} {v}" for task, v in by_task.items() if v != common]
+    return f"{common} ({', '.join(others)})" if others else common
 
 
 def settings_notes(exp: Experiment) -> list[str]:
@@ -645,14 +656,21 @@ def _model_name(name: Any) -> str:
 
 def departures(exp: Experiment) -> list[str]:
     """Every way the runs used differ from the paper's setup, one line each."""
-    found: set[str] = set()
+    tasks_of: dict[str, set[str]] = {}
     for r in exp.used:
-        found.update(_run_departures(r))
+        for line in _run_departures(r):
+            tasks_of.setdefault(line, set()).add(r.task)
+    every_task = {r.task for r in exp.used}
     seeds = len({r.seed for r in exp.used})
     wanted = max((_setup_for(r.task)["seeds"] for r in exp.used), default=0)
     if seeds < wanted:
-        found.add(f"{seeds} seed(s) (paper: {wanted})")
-    return [f"Departure from the paper: {line}." for line in sorted(found)]
+        tasks_of[f"{seeds} seed(s) (paper: {wanted})"] = every_task
+    return [f"Departure from the paper{_for_tasks(tasks_of[line], every_task)}: {line}." for line in sorted(tasks_of)]
+
+
+def _for_tasks(tasks: set[str], every_task: set[str]) -> str:
+    """Nothing when a departure holds for every task, else the tasks it holds for: " (cola, rte)"."""
+    return "" if tasks == every_task else f" ({', '.join(_task_order(tasks))})"
 
 
 def _number(value: Any) -> float | None:
