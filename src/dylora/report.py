@@ -604,13 +604,14 @@ def plot_nlg_curves(table: Table, dest: Path) -> list[Path]:
 
 def _values(runs: list[RunRecord], dotted: str) -> str:
     """A setting over the runs: "4", or "4 (cola 6, rte 2)" when some tasks' runs (per_task) differ."""
-    by_task: dict[str, str] = {}
-    for task in _task_order({r.task for r in runs}):
-        found = sorted({str(_get(r.config, dotted)) for r in runs if r.task == task and _get(r.config, dotted) is not None})
-        if found:
-            by_task[task] = "/".join(found)
-    if not by_task:
+    found: dict[str, set[str]] = {}
+    for r in runs:
+        value = _get(r.config, dotted)
+        if value is not None:
+            found.setdefault(r.task, set()).add(str(value))
+    if not found:
         return "unset"
+    by_task = {task: "/".join(sorted(found[task])) for task in _task_order(found)}
     counts = Counter(by_task.values())
     common = max(sorted(counts), key=counts.__getitem__)  # the most tasks' value; ties: the smallest text
     others = [f"{task} {v}" for task, v in by_task.items() if v != common]
