@@ -36,8 +36,8 @@ GLUE_SIZES: dict[str, tuple[int, tuple[int, ...]]] = {
 # model and device type, at the presets' max lengths with per-batch padding. Rough by design:
 # - roberta-base, cuda: ~0.1 s per step of 32 on one A100/H100-class GPU (an assumption, not measured);
 # - minilm, cpu: measured by make reproduce-table1-cpu (mrpc stsb cola rte, two one-thread jobs
-#   side by side on 2 cores, 2026-11-24): per job, training 0.009 (CoLA) to 0.049 (RTE) s per
-#   sequence, evaluation 0.004 (CoLA) to 0.028 (RTE); over the whole run (282k training and 77k
+#   side by side on 2 cores, 2026-11-24): per job, training 0.008 (CoLA) to 0.048 (RTE) s per
+#   sequence, evaluation 0.0035 (CoLA) to 0.028 (RTE); over the whole run (282k training and 77k
 #   evaluation sequences, 100 job-minutes, 51.7 minutes) 0.0095 and 0.0055 s of wall-clock.
 #   Longer inputs cost more.
 SECONDS_PER_SEQUENCE: dict[tuple[str, str], tuple[float, float]] = {
