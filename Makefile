@@ -70,16 +70,16 @@ TABLE1_ARGS = experiment=$(TABLE1_EXPERIMENT) task=$(subst $(_empty) ,$(_comma),
   $(if $(GLUE_DIR),data.glue_dir=$(GLUE_DIR)) $(if $(MODEL_PATH),model.path=$(MODEL_PATH)) $(OVERRIDES)
 
 reproduce-table1 reproduce-table1-cpu: $(STAMP)
-	$(PY) -m dylora.reproduce $(TABLE1_ARGS)
+	$(PY) -m dylora.lab.reproduce $(TABLE1_ARGS)
 	$(RUN) -m $(TABLE1_ARGS) $(LAUNCH)
 	$(REPORT) experiment=$(TABLE1_EXPERIMENT) out_dir=$(OUT_DIR) results_dir=$(RESULTS_DIR)
 
 ## LoRA trained separately at every rank 1..8 vs one DyLoRA run, measured wall-clock (synthetic
 ## task, a few CPU minutes; one thread: a tiny model only waits on more): results/search_cost/
 search-cost: setup
-	OMP_NUM_THREADS=1 $(PY) -m dylora.search_cost experiment=search_cost_cpu
+	OMP_NUM_THREADS=1 $(PY) -m dylora.lab.search_cost experiment=search_cost_cpu
 
 ## DyLoRA vs PEFT LoRA on this machine (GPU when there is one): step time, peak memory, rank
 ## sweep, search speed-up, each as a ratio with its target: results/bench.json
 bench: setup
-	$(PY) -m dylora.bench
+	$(PY) -m dylora.lab.bench

@@ -8,9 +8,9 @@ import math
 import statistics
 
 import pytest
-from conftest import REPO, run_cli, tiny_overrides
+from helpers import REPO, run_cli, tiny_overrides
 
-from dylora.bench import Options, _parse, median_iqr
+from dylora.lab.bench import Options, _parse, median_iqr
 from dylora.errors import ConfigError
 
 SEARCH = tiny_overrides("task=synthetic", "task.n_train=40", "task.n_eval=16", "task.seq_len=8", "method.r_max=2")
@@ -40,7 +40,7 @@ def test_bench_writes_every_ratio(tmp_path):
     out = tmp_path / "bench.json"
     args = ["--model=tiny", "--batch=16", "--seq=128", "--r-max=2", "--repeats=1", f"--out={out}",
             *[f"--search={o}" for o in SEARCH]]
-    proc = run_cli(args, cwd=REPO, module="dylora.bench")
+    proc = run_cli(args, cwd=REPO, module="dylora.lab.bench")
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     for key in KEYS:

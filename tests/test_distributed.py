@@ -10,7 +10,8 @@ import sys
 
 import pytest
 import torch
-from conftest import compose_spec, tiny_overrides
+from dylora.cli.compose import compose_spec
+from helpers import tiny_overrides
 from safetensors.torch import load_file
 
 from dylora import records

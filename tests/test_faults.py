@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose_spec, run_cli, tiny_overrides
+from dylora.cli.compose import compose_spec
+from helpers import run_cli, tiny_overrides
 
 from dylora import records
 from dylora.runner import execute

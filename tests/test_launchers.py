@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import pytest
-from conftest import CONF, run_cli, tiny_overrides
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
+from helpers import run_cli, tiny_overrides
+
+from dylora.cli.compose import compose
 
 from dylora import records
 from glue_fixtures import write_glue_dir
 
 
-def _launcher(name: str) -> dict:
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[f"hydra/launcher={name}"], return_hydra_config=True)
-    return cfg.hydra.launcher
+def _launcher(name: str):
+    return compose([f"hydra/launcher={name}"], hydra=True).hydra.launcher
 
 
 def test_launcher_presets_select_the_installed_plugins():

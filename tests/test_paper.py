@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from dylora import paper
+from dylora.lab import paper
 from dylora.errors import ConfigError, DataError
 
 REFERENCE = Path("/work/shared/reference/dylora_paper_results.csv")

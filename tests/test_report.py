@@ -9,7 +9,7 @@ import sys
 import pandas as pd
 import pytest
 
-from dylora import report
+from dylora.lab import report
 from dylora.errors import ConfigError
 from dylora.records import MetricRow, mark_done, run_dir_for, write_config, write_metrics
 

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import REPO, compose_config
+from dylora.cli.compose import compose_spec
+from helpers import REPO
 
-from dylora import reproduce
+from dylora.lab import reproduce
 from dylora.errors import DataError
-from dylora.reproduce import PlannedRun
+from dylora.lab.reproduce import PlannedRun
 from glue_fixtures import make_examples, write_glue_dir
 
 RESULTS = REPO / "results" / "table1_cpu"
@@ -63,7 +64,7 @@ def test_plan_sees_finished_runs(small_glue, tmp_path):
     from dylora import records
 
     args = ["experiment=table1_cpu", "task=rte", "method=lora", "seed=1", f"data.glue_dir={small_glue}", f"out_dir={tmp_path}"]
-    run_dir = records.run_dir_for(tmp_path, compose_config(args))
+    run_dir = records.run_dir_for(tmp_path, compose_spec(args).config)  # where the runner writes it
     run_dir.mkdir(parents=True)
     (run_dir / records.DONE).write_text("{}")
     assert [r.done for r in reproduce.plan(args)[1]] == [True]
@@ -148,7 +149,7 @@ def test_make_stops_before_training_when_files_are_missing(tmp_path):
 
 @pytest.mark.skipif(not (RESULTS / "records").is_dir(), reason="no committed table1_cpu run records")
 def test_committed_tables_regenerate_from_the_committed_records(tmp_path):
-    from dylora.report import build_report
+    from dylora.lab.report import build_report
 
     build_report(RESULTS / "records", tmp_path, "table1_cpu")
     for name in ("table1.csv", "table2.csv", "summary.csv", "finding.csv"):

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose_config, compose_spec, run_cli, tiny_overrides
+from dylora.cli.compose import compose_config, compose_spec
+from helpers import run_cli, tiny_overrides
 
 from dylora import records
 from dylora.errors import ConfigError

@@ -7,11 +7,12 @@ import json
 import math
 
 import pytest
-from conftest import REPO, compose_config, run_cli, tiny_overrides
+from dylora.cli.compose import compose_config
+from helpers import REPO, run_cli, tiny_overrides
 
-from dylora import search_cost
+from dylora.lab import search_cost
 from dylora.errors import ConfigError
-from dylora.search_cost import RunCost, SearchCost
+from dylora.lab.search_cost import RunCost, SearchCost
 
 SEARCH = tiny_overrides("task=synthetic", "task.n_train=40", "task.n_eval=16", "task.seq_len=8", "method.r_max=3")
 
@@ -57,7 +58,7 @@ def test_unknown_option_is_a_config_error():
 @pytest.mark.slow
 def test_cli_tables_total_the_runs_measured_seconds(tmp_path):
     out, results = tmp_path / "runs", tmp_path / "tables"
-    proc = run_cli([*SEARCH, f"out_dir={out}", f"--results={results}"], cwd=REPO, module="dylora.search_cost")
+    proc = run_cli([*SEARCH, f"out_dir={out}", f"--results={results}"], cwd=REPO, module="dylora.lab.search_cost")
     assert proc.returncode == 0, proc.stderr[-3000:]
     # independently: every env.json under the run root, and the metrics each run wrote
     envs = {p.parent: json.loads(p.read_text()) for p in out.rglob("env.json")}
@@ -80,6 +81,6 @@ def test_cli_tables_total_the_runs_measured_seconds(tmp_path):
 
 @pytest.mark.slow
 def test_cli_reports_a_bad_override_in_one_line(tmp_path):
-    proc = run_cli([*SEARCH, "method.r_max=0", f"out_dir={tmp_path}"], cwd=REPO, module="dylora.search_cost")
+    proc = run_cli([*SEARCH, "method.r_max=0", f"out_dir={tmp_path}"], cwd=REPO, module="dylora.lab.search_cost")
     assert proc.returncode == 1
     assert "r_max=0" in proc.stderr and "Traceback" not in proc.stderr

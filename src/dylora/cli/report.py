@@ -2,17 +2,17 @@
 
     dylora-report out_dir=experiments results_dir=results [experiment=NAME] [tolerance=1.0]
 
-The config is ``conf/report.yaml`` at the repository root, found from this file's location
-(``src/dylora/cli/report.py`` -> ``parents[3]``), so it works from an editable install and from
-any working directory. It is registered in Hydra's ConfigStore instead of being found through
-``config_path=conf/``: that folder also holds dylora-run's config groups, ``conf/experiment/``
-among them, and Hydra would read ``experiment=NAME`` as picking a file of that group rather than
-setting this app's key. A wheel install has no ``conf/``; ``main`` then says so in one line.
+The config is ``report.yaml`` of the package ``dylora.conf`` (the repository's ``conf/``), so it
+works from a wheel, an editable install and any working directory. It is registered in Hydra's
+ConfigStore instead of being found through ``config_path``: that package also holds dylora-run's
+config groups, ``experiment/`` among them, and Hydra would read ``experiment=NAME`` as picking a
+file of that group rather than setting this app's key.
 """
 
 from __future__ import annotations
 
 import sys
+from importlib.resources import files
 from pathlib import Path
 
 import hydra
@@ -21,10 +21,10 @@ from hydra.utils import to_absolute_path
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
+from dylora.cli.compose import CONF_MODULE
 from dylora.errors import ConfigError, DyLoRAError
-from dylora.report import build_report
+from dylora.lab.report import build_report
 
-CONF_FILE = Path(__file__).resolve().parents[3] / "conf" / "report.yaml"
 
 
 def _fail(error: Exception) -> None:
@@ -66,10 +66,8 @@ def _print_finding(path: Path) -> None:
 
 
 def main() -> None:
-    if not CONF_FILE.is_file():
-        _fail(ConfigError(f"{CONF_FILE} is missing; run dylora-report from an editable install of "
-                          "the repository (pip install -e .)"))
-    ConfigStore.instance().store(name="report", node=OmegaConf.load(CONF_FILE))
+    config = files(CONF_MODULE).joinpath("report.yaml").read_text()
+    ConfigStore.instance().store(name="report", node=OmegaConf.create(config))
     _report()
 
 

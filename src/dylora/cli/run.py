@@ -11,7 +11,6 @@ A failed job of a multirun never stops the others; the command exits 1 once they
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -19,9 +18,9 @@ from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from dylora.cli.compose import CONF_MODULE
 from dylora.errors import DyLoRAError
 
-CONF_DIR = str(Path(__file__).resolve().parents[3] / "conf")
 _failures: list[str] = []
 
 
@@ -30,7 +29,7 @@ class JobFailed(CompactHydraException):
     reports it (one line) once the batch of jobs is done and exits 1."""
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+@hydra.main(version_base="1.3", config_path=f"pkg://{CONF_MODULE}", config_name="config")
 def app(cfg: DictConfig) -> str | None:
     from dylora.runner import execute
     from dylora.spec import RunSpec

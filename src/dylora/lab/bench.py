@@ -1,6 +1,6 @@
 """``make bench``: what DyLoRA costs against PEFT LoRA, measured on the machine at hand.
 
-    python -m dylora.bench [--model=minilm|tiny] [--batch=16] [--seq=128] [--r-max=8] [--repeats=12]
+    python -m dylora.lab.bench [--model=minilm|tiny] [--batch=16] [--seq=128] [--r-max=8] [--repeats=12]
                            [--out=results/bench.json] [--search=OVERRIDE ...]
 
 Four ratios, each with its target:
@@ -14,7 +14,7 @@ Four ratios, each with its target:
    loaded), peak CUDA allocation on GPU.
 3. ``sweep_ratio``: ``rank_sweep`` over ranks 1..r_max (merged weights) / r_max evaluations of the
    model without adapters (<= 1.10), timed rank by rank alternating with a plain evaluation.
-4. ``search_speedup``: the search-cost experiment (``dylora.search_cost``) run here: training seconds
+4. ``search_speedup``: the search-cost experiment (``dylora.lab.search_cost``) run here: training seconds
    of LoRA at every rank 1..r_max / those of one DyLoRA run (>= 0.9 x r_max).
 """
 
@@ -214,7 +214,7 @@ def _reset_peak_rss() -> int:
 def peak_memory(opts: Options) -> dict[str, int]:
     peaks = {}
     for variant in ("none", "dylora", "peft"):
-        args = [sys.executable, "-m", "dylora.bench", f"--child={variant}", f"--model={opts.model}", f"--batch={opts.batch}",
+        args = [sys.executable, "-m", "dylora.lab.bench", f"--child={variant}", f"--model={opts.model}", f"--batch={opts.batch}",
                 f"--seq={opts.seq}", f"--r-max={opts.r_max}", f"--device={opts.device}"]
         # glibc otherwise raises its mmap threshold as tensors are freed and keeps freed memory for
         # reuse, which hides later allocations from the peak RSS
@@ -272,13 +272,14 @@ def sweep_ratio(times: dict[str, list[float]], r_max: int) -> tuple[float, float
 
 def search(overrides: list[str]) -> dict:
     """The search-cost experiment, run afresh in a temporary directory; its summary."""
-    from dylora import search_cost
+    from dylora.cli.compose import compose_config
+    from dylora.lab import search_cost
     from dylora.runner import execute
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as make search-cost: the search's model is tiny, more threads only wait
     with tempfile.TemporaryDirectory(prefix="dylora-bench-") as tmp:
-        dylora, lora = search_cost.search_specs(search_cost.compose_run_config([*overrides, f"out_dir={tmp}"]))
+        dylora, lora = search_cost.search_specs(compose_config([*overrides, f"out_dir={tmp}"]))
         split, metric = search_cost.default_metric(dylora.task.name)
         try:
             cost = search_cost.measure(dylora, lora, split, metric, execute=lambda spec: execute(spec, progress=False))
@@ -362,7 +363,7 @@ def _parse(argv: list[str]) -> tuple[Options, str | None]:
         key, sep, value = arg.lstrip("-").partition("=")
         key = key.replace("-", "_")
         if not arg.startswith("--") or not sep:
-            raise ConfigError(f"{arg!r}: options are --name=value (see python -m dylora.bench --help)")
+            raise ConfigError(f"{arg!r}: options are --name=value (see python -m dylora.lab.bench --help)")
         if key == "child":
             child = value
         elif key == "search":
@@ -375,7 +376,7 @@ def _parse(argv: list[str]) -> tuple[Options, str | None]:
         elif key in ("model", "out", "device"):
             values[key] = value
         else:
-            raise ConfigError(f"unknown option {arg!r}; see python -m dylora.bench --help")
+            raise ConfigError(f"unknown option {arg!r}; see python -m dylora.lab.bench --help")
     return Options(**values, **({"search": search} if search else {})), child
 
 

@@ -1,6 +1,6 @@
 """The plan of a ``make reproduce-table1[-cpu]`` multirun, printed before any training starts.
 
-    python -m dylora.reproduce experiment=table1_cpu task=cola,mrpc method=lora,dylora seed=42 \
+    python -m dylora.lab.reproduce experiment=table1_cpu task=cola,mrpc method=lora,dylora seed=42 \
         data.glue_dir=../shared/data/glue
 
 It takes the very overrides the Makefile hands to ``dylora-run -m``, expands the sweeps (``a,b``)
@@ -76,14 +76,10 @@ def expand(overrides: list[str]) -> list[list[str]]:
 
 
 def compose_all(jobs: list[list[str]]) -> list[dict[str, Any]]:
-    """The resolved configuration of every job, composed from ``conf/`` as dylora-run does."""
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
+    """The resolved configuration of every job, composed as dylora-run does."""
+    from dylora.cli.compose import compose_config
 
-    from dylora.cli.run import CONF_DIR
-
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return [OmegaConf.to_container(compose(config_name="config", overrides=job), resolve=True) for job in jobs]
+    return [compose_config(job) for job in jobs]
 
 
 def missing_files(tasks: list[str], glue_dir: str | Path) -> list[Path]:
@@ -120,8 +116,10 @@ def _tsv_rows(path: Path, header: bool) -> int:
 
 def split_sizes(task: str, glue_dir: str | None) -> tuple[int, tuple[int, ...]]:
     """(training rows, rows of each evaluation split): counted lines of the TSV files, or the hub's sizes."""
-    from dylora.tasks.glue import get_task
+    from dylora.tasks.glue import GLUE_TASKS, get_task
 
+    if task not in GLUE_TASKS:
+        raise ConfigError(f"task={task}: the reproduce plan counts GLUE tasks only ({', '.join(GLUE_TASKS)})")
     if glue_dir is None:
         return GLUE_SIZES[task]
     spec = get_task(task)
@@ -144,7 +142,7 @@ def plan_run(config: dict[str, Any]) -> PlannedRun:
         train_sequences = trainer.max_steps * per_step
     else:
         train_sequences = math.ceil(trainer.epochs * math.ceil(n_train / per_step)) * per_step
-    run_dir = records.run_dir_for(spec.out_dir, config)
+    run_dir = records.run_dir_for(spec.out_dir, spec.config)  # as the runner names it: per-task values applied
     done = (run_dir / records.DONE).exists()
     return PlannedRun(spec.task.name, spec.method_name, spec.seed, train_sequences, n_eval * len(spec.eval_ranks), done)
 
@@ -192,7 +190,7 @@ def describe(configs: list[dict[str, Any]], runs: list[PlannedRun]) -> str:
         f"  (ASSUMPTION{' - no figure for this model/device, a generic guess' if fallback else ''}: "
         f"{train_s:g} s per training and {eval_s:g} s per evaluation sequence "
         f"for {model} on {device}; "
-        "see dylora.reproduce.SECONDS_PER_SEQUENCE)",
+        "see dylora.lab.reproduce.SECONDS_PER_SEQUENCE)",
     ]
     if device == "cpu" and model.startswith("roberta"):
         lines.append("  warning: this is meant for GPUs; on a CPU use make reproduce-table1-cpu")

@@ -19,7 +19,7 @@ import pandas as pd
 
 from dylora.errors import ConfigError, DataError
 
-PAPER_CSV = Path(__file__).parent / "data" / "paper_results.csv"
+PAPER_CSV = Path(__file__).parent / "paper_results.csv"
 COLUMNS = ("paper_version", "table", "model", "method", "task", "metric", "rank", "value", "notes")
 
 EACL = "eacl2023_arxiv_v2"

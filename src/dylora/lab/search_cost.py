@@ -7,7 +7,7 @@ and the number of trainings each search needs, besides the measured total speed-
 best metric each search finds (LoRA: best over its separately trained ranks, each evaluated at
 its own rank; DyLoRA: best over its one rank sweep).
 
-    python -m dylora.search_cost experiment=search_cost_cpu [hydra overrides] [--results DIR]
+    python -m dylora.lab.search_cost experiment=search_cost_cpu [hydra overrides] [--results DIR]
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from dylora import records
+from dylora.cli.compose import compose_config
 from dylora.errors import ConfigError, DyLoRAError, RecordError
 from dylora.spec import RunSpec
 
@@ -191,24 +192,10 @@ def write_tables(cost: SearchCost, out_dir: str | Path) -> list[Path]:
 # ---------------------------------------------------------------------------- command line
 
 
-def compose_run_config(overrides: list[str]) -> dict:
-    """The resolved dylora-run config for ``overrides``, from the repository's conf/ (as dylora-run composes it)."""
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
-    from dylora.cli.run import CONF_DIR
-
-    if not Path(CONF_DIR).is_dir():
-        raise ConfigError(f"{CONF_DIR} is missing; run from an editable install of the repository")
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides)
-    return OmegaConf.to_container(cfg, resolve=True)
-
-
 def run(overrides: list[str], results_dir: str | Path = RESULTS_DIR, split: str | None = None,
         metric: str | None = None) -> tuple[SearchCost, list[Path]]:
     """Compose, run both searches, write the tables: what the command line does."""
-    dylora, lora = search_specs(compose_run_config(overrides))
+    dylora, lora = search_specs(compose_config(overrides))
     default_split, default_name = default_metric(dylora.task.name)
     cost = measure(dylora, lora, split or default_split, metric or default_name)
     return cost, write_tables(cost, results_dir)

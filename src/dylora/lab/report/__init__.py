@@ -1,0 +1,143 @@
+"""Tables, rank curves and summaries from run records, beside the paper's numbers.
+
+For each experiment under ``out_dir`` this writes, into ``<results_dir>/<experiment>/``:
+
+* ``table1.{md,csv,tex}``: the workshop paper's Table 1 shape, per method one row "average over
+  ranks r_min..r_max" and one row "rank r_max"; MNLI is the mean of matched and mismatched
+  accuracy, MRPC accuracy.
+* ``table2.{md,csv,tex}``: the EACL paper's Table 2 shape, one row per rank 1..r_max and
+  method, "mean ± std over seeds", the best rank per method and task in bold; MRPC F1, MNLI
+  matched accuracy.
+* ``rank_curve_<task>.{png,svg}``: metric vs rank per method (Table 2 metrics), ±std band,
+  the paper's points overlaid.
+* ``summary.{csv,md}``: per task and method, the normalised area under the rank curve and the
+  smallest rank within ``tolerance`` points of the best rank.
+* ``finding.{csv,md}``: per task, whether LoRA and DyLoRA show the paper's finding (LoRA loses
+  more when truncated to r_min, DyLoRA's average over ranks is at least LoRA's, the two agree at
+  r_max), on Table 1's metric.
+
+Every table has, per method and row, an "ours" row and, where the paper prints the number, a
+"paper" row and a "Δ" (ours − paper) row. Values are percent (×100) for metrics that come in
+0..1. The CSVs are long ("tidy"): method, row, source, task, mean, std, n_seeds, best.
+Runs that are unfinished, unreadable, superseded, short of ranks, or absent from the
+task × method × seed grid are listed under "Missing or unfinished runs", never dropped silently.
+
+The package, one module per concern (each imports only those above it):
+
+* ``experiments``: run records grouped into experiments, issues, the shared constants.
+* ``scoring``: each table's metric per task, and one value per task, method, seed and rank.
+* ``notes``: footnotes, the settings used and every departure from the paper's setup.
+* ``tables``: Tables 1 and 2 (ours, paper and Δ cells, Avg, best rank).
+* ``nlg``: the NLG tables (EACL Tables 6 and 9) and their rank curves.
+* ``render``: Markdown, CSV and LaTeX files, the list of missing or unfinished runs.
+* ``curves``: rank curves per task and their summary.
+* ``finding``: the paper's finding, task by task.
+
+This module holds the entry points, ``build_report`` and ``write_report``, and re-exports the
+public names of the others.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+from dylora.errors import ConfigError
+from dylora.lab.report.experiments import (
+    ALREADY_PERCENT,
+    AVG,
+    CSV_COLUMNS,
+    FALLBACK_METRICS,
+    GLUE,
+    LOWER_IS_BETTER,
+    METHOD_ORDER,
+    NLG,
+    PERCENT,
+    SOURCE_LABELS,
+    SOURCES,
+    Experiment,
+    Issue,
+    load_experiments,
+    metric_scale,
+)
+from dylora.lab.report.scoring import (
+    TABLE1_METRICS,
+    TABLE1_PAPER,
+    TABLE2_METRICS,
+    TABLE2_PAPER,
+    MetricSpec,
+    metric_spec,
+    scores,
+)
+from dylora.lab.report.notes import PAPER_SETUP, PAPER_UPDATE_RULE, departures, settings_notes
+from dylora.lab.report.tables import ROW_KEY, RowFn, Table, TableSpec, build_table, table1, table2
+from dylora.lab.report.nlg import (
+    NLG_CSV_COLUMNS,
+    NLG_TABLES,
+    PAPER_SPLITS,
+    NLGColumn,
+    nlg_scores,
+    nlg_table,
+    nlg_tables,
+    plot_nlg_curves,
+)
+from dylora.lab.report.render import issues_markdown, latex_table, markdown_table, tex_escape, write_table
+from dylora.lab.report.curves import (
+    SUMMARY_COLUMNS,
+    min_rank_within,
+    normalised_auc,
+    plot_rank_curves,
+    rank_summary,
+    write_summary,
+)
+from dylora.lab.report.finding import FINDING_COLUMNS, paper_finding, write_finding
+
+__all__ = [
+    # experiments
+    "ALREADY_PERCENT", "AVG", "CSV_COLUMNS", "FALLBACK_METRICS", "GLUE", "LOWER_IS_BETTER", "METHOD_ORDER", "NLG",
+    "PERCENT", "SOURCE_LABELS", "SOURCES", "Experiment", "Issue", "load_experiments", "metric_scale",
+    # scoring
+    "TABLE1_METRICS", "TABLE1_PAPER", "TABLE2_METRICS", "TABLE2_PAPER", "MetricSpec", "metric_spec", "scores",
+    # notes
+    "PAPER_SETUP", "PAPER_UPDATE_RULE", "departures", "settings_notes",
+    # tables
+    "ROW_KEY", "RowFn", "Table", "TableSpec", "build_table", "table1", "table2",
+    # nlg
+    "NLG_CSV_COLUMNS", "NLG_TABLES", "PAPER_SPLITS", "NLGColumn", "nlg_scores", "nlg_table", "nlg_tables",
+    "plot_nlg_curves",
+    # render
+    "issues_markdown", "latex_table", "markdown_table", "tex_escape", "write_table",
+    # curves
+    "SUMMARY_COLUMNS", "min_rank_within", "normalised_auc", "plot_rank_curves", "rank_summary", "write_summary",
+    # finding
+    "FINDING_COLUMNS", "paper_finding", "write_finding",
+    # entry points
+    "build_report", "write_report",
+]
+
+
+def write_report(exp: Experiment, results_dir: str | Path, tolerance: float = 1.0) -> list[Path]:
+    """Every table, plot and summary for one experiment, in ``<results_dir>/<experiment>/``."""
+    dest = Path(results_dir) / exp.name
+    dest.mkdir(parents=True, exist_ok=True)
+    paths = write_table(table1(exp), exp, dest) + write_table(table2(exp), exp, dest)
+    for table in nlg_tables(exp):
+        paths += write_table(table, exp, dest) + plot_nlg_curves(table, dest)
+    return paths + plot_rank_curves(exp, dest) + write_summary(exp, dest, tolerance) + write_finding(exp, dest)
+
+
+def build_report(out_dir: str | Path, results_dir: str | Path, experiment: str | None = None,
+                 tolerance: float = 1.0) -> dict[str, list[Path]]:
+    """Report every experiment under ``out_dir`` (or only ``experiment``); the paths written, by experiment."""
+    if not math.isfinite(tolerance) or tolerance < 0:
+        raise ConfigError(f"tolerance={tolerance} must be a finite number >= 0 (points of the metric)")
+    experiments = load_experiments(out_dir)
+    if experiment is not None:
+        if experiment not in experiments:
+            known = ", ".join(experiments) or "none"
+            raise ConfigError(f"experiment={experiment} has no runs under {out_dir}; experiments found: {known}")
+        experiments = {experiment: experiments[experiment]}
+    if not experiments:
+        raise ConfigError(f"no run records under out_dir={os.fspath(out_dir)}; train first or pass out_dir=DIR")
+    return {name: write_report(exp, results_dir, tolerance) for name, exp in experiments.items()}

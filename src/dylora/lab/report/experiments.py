@@ -1,0 +1,143 @@
+"""Run records grouped into experiments; the constants every part of the report shares.
+
+An experiment is every run under ``<out_dir>/<experiment>/``: the runs found, one finished run
+used per (task, method, seed), and the issues (unreadable, unfinished, superseded, absent runs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+from dylora.errors import ConfigError
+from dylora.records import DONE, RunRecord, iter_runs
+
+GLUE = ("mnli", "sst2", "mrpc", "cola", "qnli", "qqp", "rte", "stsb")  # the paper's column order
+NLG = ("e2e", "dart", "webnlg")
+METHOD_ORDER = ("lora", "dylora", "dylora_frozen")
+SOURCES = ("ours", "paper", "delta")
+SOURCE_LABELS = {"ours": "ours", "paper": "paper", "delta": "Δ"}
+AVG = "avg"
+
+# Metrics that arrive as fractions in 0..1 and are shown as percent, like the paper (E2E BLEU,
+# METEOR and ROUGE-L included: EACL Table 6 prints them x100). NIST, CIDEr and TER stay raw.
+PERCENT = {"accuracy", "f1", "matthews_correlation", "pearson", "spearman", "bleu", "meteor", "rouge_l"}
+# ...except DART/WebNLG BLEU, which dylora.metrics.nlg already returns on 0..100 (multi-bleu's scale).
+ALREADY_PERCENT = {("dart", "bleu"), ("webnlg", "bleu")}
+LOWER_IS_BETTER = {"ter"}
+# A task without a fixed metric (synthetic, later tasks) uses the first of these it measured.
+FALLBACK_METRICS = ("accuracy", "f1", "matthews_correlation", "pearson", "bleu")
+CSV_COLUMNS = ["method", "row", "source", "task", "mean", "std", "n_seeds", "best"]
+
+
+@dataclass(frozen=True)
+class Issue:
+    """A run the report could not use in full."""
+
+    task: str
+    method: str
+    seed: int | None
+    status: str  # unreadable | unfinished | corrupted | absent | superseded | incomplete
+    detail: str
+
+
+@dataclass
+class Experiment:
+    name: str
+    runs: list[RunRecord]  # every record found, usable or not
+    used: list[RunRecord]  # one finished run per (task, method, seed)
+    issues: list[Issue]
+
+    def metrics(self) -> pd.DataFrame:
+        rows = [vars(m) for r in self.used for m in r.metrics]
+        return pd.DataFrame(rows, columns=["task", "method", "seed", "rank", "split", "metric", "value"])
+
+    def rank_range(self, task: str, method: str) -> tuple[int, int]:
+        """(r_min, r_max) from the configs; a config without them falls back to 1 and the top rank."""
+        runs = [r for r in self.used if r.task == task and r.method == method]
+        r_min = min(int(_get(r.config, "method.r_min") or 1) for r in runs)
+        r_max = max(int(_get(r.config, "method.r_max") or max((m.rank for m in r.metrics), default=1)) for r in runs)
+        return r_min, r_max
+
+
+def _get(config: dict[str, Any], dotted: str) -> Any:
+    node: Any = config
+    for key in dotted.split("."):
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+def metric_scale(task: str, metric: str) -> float:
+    """Factor from the value a run records to the value shown (percent for 0..1 fractions)."""
+    return 100.0 if metric in PERCENT and (task, metric) not in ALREADY_PERCENT else 1.0
+
+
+def _experiment_of(record: RunRecord, root: Path) -> str:
+    # An unreadable config.yaml names no experiment: place the run by its path, so it is listed.
+    return record.experiment or record.path.relative_to(root).parts[0]
+
+
+def load_experiments(out_dir: str | Path) -> dict[str, Experiment]:
+    """Every experiment under ``out_dir`` (``<out_dir>/<experiment>/...``), by name."""
+    root = Path(out_dir)
+    if not root.is_dir():
+        raise ConfigError(f"out_dir={out_dir} is not a directory; pass out_dir=DIR holding the run records")
+    grouped: dict[str, list[RunRecord]] = {}
+    for record in iter_runs(root):
+        grouped.setdefault(_experiment_of(record, root), []).append(record)
+    return {name: _experiment(name, runs, root) for name, runs in sorted(grouped.items())}
+
+
+def _finished_at(record: RunRecord) -> float:
+    return (record.path / DONE).stat().st_mtime
+
+
+def _experiment(name: str, runs: list[RunRecord], root: Path) -> Experiment:
+    issues = []
+    by_key: dict[tuple[str, str, int], list[RunRecord]] = {}
+    for r in runs:
+        where = str(r.path.relative_to(root))
+        if not (r.task and r.method and "seed" in r.config):
+            why = "config.yaml lacks task.name, method.name or seed" if r.config else r.problem
+            issues.append(Issue(r.task or "?", r.method or "?", None, "unreadable", f"{where}: {why}"))
+        elif not r.done or r.problem:
+            status = "corrupted" if (r.path / DONE).exists() else "unfinished"
+            issues.append(Issue(r.task, r.method, r.seed, status, f"{where}: {r.problem or 'not done'}"))
+        else:
+            by_key.setdefault((r.task, r.method, r.seed), []).append(r)
+    used = []
+    for key, group in sorted(by_key.items()):
+        group.sort(key=_finished_at)
+        used.append(group[-1])
+        for stale in group[:-1]:  # a re-run with another config: keep the newest, say so
+            detail = f"{stale.path.relative_to(root)}: superseded by the newer {group[-1].path.name}"
+            issues.append(Issue(*key, "superseded", detail))
+    issues += _absent(runs, set(by_key))
+    return Experiment(name, runs, used, issues)
+
+
+def _absent(runs: list[RunRecord], finished: set[tuple[str, str, int]]) -> list[Issue]:
+    """The grid is every task × method × seed seen in the experiment; report the holes."""
+    known = [r for r in runs if r.task and r.method and "seed" in r.config]
+    present = {(r.task, r.method, r.seed) for r in known} | finished
+    return [
+        Issue(t, m, s, "absent", "no run directory for this combination")
+        for t in _task_order(r.task for r in known)
+        for m in _method_order(r.method for r in known)
+        for s in sorted({r.seed for r in known})
+        if (t, m, s) not in present
+    ]
+
+
+def _task_order(tasks: Iterable[str]) -> list[str]:
+    order = GLUE + NLG
+    return sorted(set(tasks), key=lambda t: (order.index(t) if t in order else len(order), t))
+
+
+def _method_order(methods: Iterable[str]) -> list[str]:
+    return sorted(set(methods), key=lambda m: (METHOD_ORDER.index(m) if m in METHOD_ORDER else 99, m))

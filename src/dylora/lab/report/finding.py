@@ -1,0 +1,83 @@
+"""The paper's finding, task by task: LoRA loses more than DyLoRA when truncated to r_min."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from dylora.lab.report.experiments import Experiment, _task_order
+from dylora.lab.report.render import markdown_table
+from dylora.lab.report.scoring import TABLE1_METRICS, scores
+
+
+FINDING_COLUMNS = ["task", "metric", "r_min", "r_max", "n_seeds", "lora_drop", "dylora_drop", "drop_margin",
+                   "lora_avg", "dylora_avg", "gap_at_r_max", "drop_ok", "avg_ok", "r_max_ok", "holds"]
+
+
+def paper_finding(exp: Experiment, margin: float = 3.0, gap: float = 2.0) -> pd.DataFrame:
+    """Per task with LoRA and DyLoRA runs, whether Table 1's metric (seed means) shows the paper's
+    finding: LoRA's drop from r_max to r_min exceeds DyLoRA's by at least ``margin`` points
+    (drop_ok), DyLoRA's average over ranks r_min..r_max is at least LoRA's (avg_ok), and at r_max
+    the two are within ``gap`` points (r_max_ok)."""
+    sc, _ = scores(exp, TABLE1_METRICS)
+    rows = []
+    for task in _task_order(sc["task"].unique()):
+        of_task = sc[sc["task"] == task]
+        if not {"lora", "dylora"} <= set(of_task["method"]):
+            continue
+        ranges = {exp.rank_range(task, m) for m in ("lora", "dylora")}
+        if len(ranges) != 1:  # the two curves must span the same ranks to be compared
+            continue
+        r_min, r_max = ranges.pop()
+        curve = {m: of_task[(of_task["method"] == m) & of_task["rank"].between(r_min, r_max)]
+                 .groupby("rank")["value"].mean() for m in ("lora", "dylora")}
+        if any(not {r_min, r_max} <= set(c.index) for c in curve.values()):
+            continue
+        drop = {m: c[r_max] - c[r_min] for m, c in curve.items()}
+        avg = {m: float(c.mean()) for m, c in curve.items()}
+        row = dict(task=task, metric=str(of_task["metric"].iloc[0]), r_min=r_min, r_max=r_max,
+                   n_seeds=int(of_task["seed"].nunique()), lora_drop=drop["lora"], dylora_drop=drop["dylora"],
+                   drop_margin=drop["lora"] - drop["dylora"], lora_avg=avg["lora"], dylora_avg=avg["dylora"],
+                   gap_at_r_max=curve["dylora"][r_max] - curve["lora"][r_max])
+        row.update(drop_ok=row["drop_margin"] >= margin, avg_ok=avg["dylora"] >= avg["lora"],
+                   r_max_ok=abs(row["gap_at_r_max"]) <= gap)
+        row["holds"] = row["drop_ok"] and row["avg_ok"] and row["r_max_ok"]
+        rows.append(row)
+    return pd.DataFrame(rows, columns=FINDING_COLUMNS)
+
+
+def _finding_cell(column: str, value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:+.2f}" if column in ("lora_drop", "dylora_drop", "drop_margin", "gap_at_r_max") else f"{value:.2f}"
+    return str(value)
+
+
+def write_finding(exp: Experiment, dest: Path, margin: float = 3.0, gap: float = 2.0) -> list[Path]:
+    finding = paper_finding(exp, margin, gap)
+    paths = [dest / "finding.csv", dest / "finding.md"]
+    finding.to_csv(paths[0], index=False)
+    md = f"# The paper's finding, task by task ({exp.name})\n\n"
+    if finding.empty:
+        md += "No task has finished LoRA and DyLoRA runs over the same ranks.\n"
+    else:
+        text = [[(_finding_cell(col, v), False) for col, v in zip(FINDING_COLUMNS, r)]
+                for r in finding.astype(object).itertuples(index=False)]
+        md += markdown_table(FINDING_COLUMNS, text)
+        held = int(finding["holds"].sum())
+        md += f"\nThe finding holds on {held} of {len(finding)} task(s).\n"
+    unpaired = sorted({r.task for r in exp.used} - set(finding["task"]))
+    if unpaired:
+        md += f"\nNot compared (no finished LoRA and DyLoRA runs over the same ranks): {', '.join(unpaired)}.\n"
+    md += (
+        "\n- Table 1's metric, mean over seeds, in points (percent).\n"
+        "- drop = value at r_max − value at r_min; drop_margin = lora_drop − dylora_drop; "
+        "gap_at_r_max = DyLoRA − LoRA at r_max; avg = mean over ranks r_min..r_max.\n"
+        f"- holds: drop_margin >= {margin:g} (LoRA loses more when truncated), dylora_avg >= lora_avg, "
+        f"and |gap_at_r_max| <= {gap:g}.\n"
+    )
+    paths[1].write_text(md)
+    return paths

@@ -1,0 +1,145 @@
+"""Footnotes: the settings the runs used, and every departure from the paper's setup."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from typing import Any, Iterator
+
+from dylora.lab import paper
+from dylora.lab.report.experiments import NLG, Experiment, _get, _method_order, _task_order
+from dylora.records import RunRecord
+
+# The paper's setup (Table 8 of the EACL paper), to name every departure from it.
+PAPER_SETUP = {
+    "glue": {"model.name": "roberta-base", "method.r_min": 1, "method.r_max": 8, "method.alpha": 16,
+             "trainer.epochs": 30, "trainer.lr": 4e-4, "trainer.batch_size": 32, "seeds": 5, "model.max_length": 512},
+    "nlg": {"model.name": "gpt2-medium", "method.r_min": 1, "method.r_max": 4, "method.alpha": 32,
+            "trainer.epochs": 5, "trainer.lr": 2e-4, "trainer.batch_size": 8, "seeds": 3, "model.max_length": 512},
+}
+# Which update rule the paper's label means (EACL Tables 2 and 4).
+PAPER_UPDATE_RULE = {"dylora": "all", "dylora_frozen": "frozen"}
+
+
+def _values(runs: list[RunRecord], dotted: str) -> str:
+    """A setting over the runs: "4", or "4 (cola 6, rte 2)" when some tasks' runs (per_task) differ."""
+    found: dict[str, set[str]] = {}
+    for r in runs:
+        value = _get(r.config, dotted)
+        if value is not None:
+            found.setdefault(r.task, set()).add(str(value))
+    if not found:
+        return "unset"
+    by_task = {task: "/".join(sorted(found[task])) for task in _task_order(found)}
+    counts = Counter(by_task.values())
+    common = max(sorted(counts), key=counts.__getitem__)  # the most tasks' value; ties: the smallest text
+    others = [f"{task} {v}" for task, v in by_task.items() if v != common]
+    return f"{common} ({', '.join(others)})" if others else common
+
+
+def settings_notes(exp: Experiment) -> list[str]:
+    """The settings that matter, as recorded in the configs of the runs used."""
+    runs = exp.used
+    seeds = sorted({r.seed for r in runs})
+    lines = [
+        f"Settings: model {_values(runs, 'model.name')}; preset {_values(runs, 'preset')}; "
+        f"seeds {', '.join(map(str, seeds)) or 'none'} ({len(seeds)}); "
+        f"epochs {_values(runs, 'trainer.epochs')}; max_steps {_values(runs, 'trainer.max_steps')}; "
+        f"lr {_values(runs, 'trainer.lr')}; batch size {_values(runs, 'trainer.batch_size')}; "
+        f"max_train_samples {_values(runs, 'data.max_train_samples')}; "
+        f"max_eval_samples {_values(runs, 'data.max_eval_samples')}."
+    ]
+    for method in _method_order(r.method for r in runs):
+        lines.append(_method_settings(method, [r for r in runs if r.method == method]))
+    return lines
+
+
+def _method_settings(method: str, runs: list[RunRecord]) -> str:
+    text = (f"{paper.METHODS.get(method, method)}: r {_values(runs, 'method.r_min')}..{_values(runs, 'method.r_max')}, "
+            f"alpha {_values(runs, 'method.alpha')}, scaling {_values(runs, 'method.scaling')}")
+    if method == "lora":  # p_B, update rule and masking do not apply to plain LoRA
+        return text + "."
+    p_b = _values(runs, "method.distribution")
+    if "geometric" in p_b:
+        p_b += f" (p {_values(runs, 'method.geometric_p')})"
+    return (text + f", p_B {p_b}, update rule {_values(runs, 'method.update_rule')}, "
+            f"masking {_values(runs, 'method.masking')}.")
+
+
+def _setup_for(task: str) -> dict[str, Any]:
+    return PAPER_SETUP["nlg" if task in NLG else "glue"]
+
+
+def _model_name(name: Any) -> str:
+    return str(name).lower().rsplit("/", 1)[-1]  # "FacebookAI/roberta-base" is roberta-base
+
+
+def departures(exp: Experiment) -> list[str]:
+    """Every way the runs used differ from the paper's setup, one line each."""
+    tasks_of: dict[str, set[str]] = {}
+    for r in exp.used:
+        for line in _run_departures(r):
+            tasks_of.setdefault(line, set()).add(r.task)
+    every_task = {r.task for r in exp.used}
+    seeds = len({r.seed for r in exp.used})
+    wanted = max((_setup_for(r.task)["seeds"] for r in exp.used), default=0)
+    if seeds < wanted:
+        tasks_of[f"{seeds} seed(s) (paper: {wanted})"] = every_task
+    return [f"Departure from the paper{_for_tasks(tasks_of[line], every_task)}: {line}." for line in sorted(tasks_of)]
+
+
+def _for_tasks(tasks: set[str], every_task: set[str]) -> str:
+    """Nothing when a departure holds for every task, else the tasks it holds for: " (cola, rte)"."""
+    return "" if tasks == every_task else f" ({', '.join(_task_order(tasks))})"
+
+
+def _number(value: Any) -> float | None:
+    """A config value as a number; None when unset or not numeric (YAML 1.1 reads 4e-4 as text)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _same(value: Any, expected: float) -> bool:
+    number = _number(value)
+    return number is not None and math.isclose(number, float(expected))
+
+
+def _run_departures(r: RunRecord) -> Iterator[str]:
+    setup, c = _setup_for(r.task), r.config
+    if _model_name(_get(c, "model.name")) != setup["model.name"]:
+        yield f"model {_get(c, 'model.name')} (paper: {setup['model.name']})"
+    for key in ("method.r_min", "method.r_max", "method.alpha", "trainer.lr", "trainer.batch_size"):
+        value = _get(c, key)
+        if value is not None and not _same(value, setup[key]):
+            yield f"{key} {value} (paper: {setup[key]})"
+    epochs = _number(_get(c, "trainer.epochs"))
+    if epochs is not None and epochs < setup["trainer.epochs"]:
+        yield f"trainer.epochs {_get(c, 'trainer.epochs')} (paper: {setup['trainer.epochs']})"
+    length = _number(_get(c, "model.max_length"))
+    if length is not None and length < setup["model.max_length"]:  # longer inputs are truncated
+        yield f"model.max_length {_get(c, 'model.max_length')} (paper: {setup['model.max_length']})"
+    for key in ("trainer.max_steps", "data.max_train_samples", "data.max_eval_samples"):
+        cap = _number(_get(c, key))
+        if cap is not None and cap > 0:  # null or -1 means "no cap"
+            yield f"{key} {_get(c, key)} caps training or evaluation (paper: no cap)"
+    if _get(c, "trainer.group_by_length") is True:
+        yield "trainer.group_by_length true: batches of similar length (paper: random batches)"
+    if _get(c, "preset") != "paper":
+        yield f"preset {_get(c, 'preset')} (paper: paper)"
+    yield from _method_departures(r)
+
+
+def _method_departures(r: RunRecord) -> Iterator[str]:
+    c, method = r.config, r.method
+    if method not in PAPER_UPDATE_RULE:
+        return
+    rule = _get(c, "method.update_rule")
+    if rule is not None and rule != PAPER_UPDATE_RULE[method]:
+        meant = PAPER_UPDATE_RULE[method]
+        yield f"{method} with update_rule {rule} (the paper's {paper.METHODS[method]} means {meant})"
+    if _get(c, "method.scaling") not in (None, "rank"):
+        yield f"{method} scaling {_get(c, 'method.scaling')} (paper Eq. 7: alpha/b, scaling=rank)"
+    if _get(c, "method.distribution") not in (None, "uniform"):
+        yield f"{method} p_B {_get(c, 'method.distribution')} (paper default: uniform)"

@@ -1,0 +1,100 @@
+"""Scores: one value per task, method, seed and rank on each table's metric."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+from dylora.lab import paper
+from dylora.lab.report.experiments import (
+    FALLBACK_METRICS,
+    GLUE,
+    Experiment,
+    Issue,
+    _get,
+    _task_order,
+    metric_scale,
+)
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    metric: str
+    splits: tuple[str, ...]  # several splits are averaged per seed and rank (MNLI m/mm)
+
+
+def _acc(*splits: str) -> MetricSpec:
+    return MetricSpec("accuracy", splits or ("validation",))
+
+
+TABLE1_METRICS = {
+    "mnli": _acc("validation_matched", "validation_mismatched"),
+    "sst2": _acc(),
+    "mrpc": _acc(),
+    "cola": MetricSpec("matthews_correlation", ("validation",)),
+    "qnli": _acc(),
+    "qqp": _acc(),
+    "rte": _acc(),
+    "stsb": MetricSpec("pearson", ("validation",)),
+}
+TABLE2_METRICS = {**TABLE1_METRICS, "mnli": _acc("validation_matched"), "mrpc": MetricSpec("f1", ("validation",)),
+                  # NLG: BLEU on the test set, WebNLG on all categories (the paper's number is "All")
+                  "e2e": MetricSpec("bleu", ("test",)), "dart": MetricSpec("bleu", ("test",)),
+                  "webnlg": MetricSpec("bleu", ("test_all",))}
+
+# Where each task's paper numbers are: (paper_version, table).
+TABLE1_PAPER = {t: (paper.WORKSHOP, "Table 1") for t in GLUE}
+TABLE2_PAPER = {
+    **{t: (paper.EACL, "Table 2") for t in GLUE},
+    "e2e": (paper.EACL, "Table 6"),
+    "dart": (paper.EACL, "Table 9"),
+    "webnlg": (paper.EACL, "Table 9"),
+}
+
+
+def metric_spec(task: str, specs: dict[str, MetricSpec], measured: pd.DataFrame) -> MetricSpec | None:
+    """The table's metric for ``task``; for other tasks the first fallback metric it measured."""
+    if task in specs:
+        return specs[task]
+    for metric in FALLBACK_METRICS:
+        splits = sorted(measured.loc[measured["metric"] == metric, "split"].unique())
+        if splits:
+            return MetricSpec(metric, ("validation",) if "validation" in splits else (splits[0],))
+    return None
+
+
+def scores(exp: Experiment, specs: dict[str, MetricSpec]) -> tuple[pd.DataFrame, list[Issue]]:
+    """One value per task, method, seed and rank (percent where the metric is a fraction).
+
+    Also the runs short of a split or of a rank in 1..r_max, as issues.
+    """
+    metrics = exp.metrics()
+    parts, issues = [], []
+    for task in _task_order(r.task for r in exp.used):  # from the runs: one without metrics is reported
+        measured = metrics[metrics["task"] == task]
+        spec = metric_spec(task, specs, measured)
+        if spec is None:
+            issues.append(Issue(task, "*", None, "incomplete", f"none of {FALLBACK_METRICS} measured"))
+            continue
+        sel = measured[(measured["metric"] == spec.metric) & measured["split"].isin(spec.splits)]
+        agg = sel.groupby(["method", "seed", "rank"], as_index=False)["value"].agg(["mean", "count"])
+        whole = agg[agg["count"] == len(spec.splits)]  # a rank lacking a split (MNLI mm) is not averaged
+        scale = metric_scale(task, spec.metric)
+        parts.append(whole.assign(task=task, metric=spec.metric, value=whole["mean"] * scale))
+        issues += _short_runs(exp, task, spec, whole)
+    columns = ["task", "method", "seed", "rank", "metric", "value"]
+    frame = pd.concat(parts)[columns] if parts else pd.DataFrame(columns=columns)
+    return frame.reset_index(drop=True), issues
+
+
+def _short_runs(exp: Experiment, task: str, spec: MetricSpec, whole: pd.DataFrame) -> list[Issue]:
+    issues = []
+    for r in (r for r in exp.used if r.task == task):
+        got = set(whole.loc[(whole["method"] == r.method) & (whole["seed"] == r.seed), "rank"])
+        r_max = int(_get(r.config, "method.r_max") or max(got, default=0))
+        lacking = sorted(set(range(1, r_max + 1)) - got)
+        if lacking:
+            detail = f"{r.path.name}: no {spec.metric} on {'+'.join(spec.splits)} at ranks {lacking}"
+            issues.append(Issue(task, r.method, r.seed, "incomplete", detail))
+    return issues

@@ -1,0 +1,68 @@
+"""The package as a user installs it: a wheel (not an editable install) runs from any directory."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import REPO, run_cli, tiny_overrides
+
+from dylora import records
+
+SOURCES = ("pyproject.toml", "README.md", "src", "conf")
+
+
+def _pip(*args: str, cwd: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "pip", "--disable-pip-version-check", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def wheel_site(tmp_path_factory) -> Path:
+    """The wheel built from a copy of the sources, installed alone into a target folder."""
+    root = tmp_path_factory.mktemp("wheel")
+    copy = root / "source"
+    copy.mkdir()
+    for name in SOURCES:
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, copy / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            shutil.copy2(source, copy / name)
+    _pip("wheel", "--no-deps", "--no-build-isolation", "-w", str(root / "dist"), str(copy), cwd=root)
+    wheel = next((root / "dist").glob("dylora-*.whl"))
+    _pip("install", "--no-deps", "--no-compile", "--target", str(root / "site"), str(wheel), cwd=root)
+    return root / "site"
+
+
+@pytest.mark.slow
+def test_a_wheel_install_composes_runs_and_reports_from_another_directory(wheel_site, glue_dir, tmp_path):
+    env = {"PYTHONPATH": str(wheel_site)}  # ahead of the editable install of the checkout
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    where = run_cli(["-c", "import dylora.conf, dylora.lab; print(dylora.conf.__file__)"], cwd=elsewhere, env=env,
+                    command=[sys.executable])
+    assert where.returncode == 0 and Path(where.stdout.strip()).is_relative_to(wheel_site), where.stdout + where.stderr
+    assert (wheel_site / "dylora" / "py.typed").is_file() and (wheel_site / "dylora" / "lab" / "paper_results.csv").is_file()
+
+    out = tmp_path / "exp"
+    job = tiny_overrides("task=sst2", f"data.glue_dir={glue_dir}", f"out_dir={out}")
+    ran = run_cli(job, cwd=elsewhere, env=env, command=[str(wheel_site / "bin" / "dylora-run")])
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    [run] = records.iter_runs(out)
+    assert run.done and {m.rank for m in run.metrics} == {1, 2}
+
+    again = run_cli(job, cwd=elsewhere, env=env, module="dylora.run")  # python -m dylora.run: the same run, skipped
+    assert again.returncode == 0 and "already complete" in again.stderr, again.stderr[-3000:]
+
+    report = run_cli([f"out_dir={out}", f"results_dir={tmp_path / 'results'}"], cwd=elsewhere, env=env,
+                     command=[str(wheel_site / "bin" / "dylora-report")])
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert (tmp_path / "results" / "default" / "table1.md").is_file()
+
+    plan = run_cli(job, cwd=elsewhere, env=env, module="dylora.lab.reproduce")
+    assert plan.returncode == 0 and "1 runs (1 already finished, skipped)" in plan.stdout, plan.stdout + plan.stderr
