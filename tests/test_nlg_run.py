@@ -6,7 +6,8 @@ import math
 
 import pytest
 import torch
-from conftest import compose_spec, run_cli
+from dylora.cli.compose import compose_spec
+from helpers import run_cli
 
 from dylora import records
 from dylora.adapters import load_adapter, merged
@@ -14,7 +15,7 @@ from dylora.errors import ConfigError
 from dylora.generation import generate_batch, postprocess
 from dylora.models import load_model, load_tokenizer
 from dylora.runner import execute
-from dylora.tasks.build import build_task
+from dylora.tasks import build_task
 from dylora.tasks.nlg import load_nlg
 from dylora.tasks.nlg_task import smoothed_lm_loss
 from nlg_fixtures import write_nlg_dir
@@ -43,7 +44,7 @@ def test_nlg_paper_experiment_is_the_papers_gpt2_setting():
     assert (t.epochs, t.batch_size, t.lr, t.weight_decay, t.warmup_steps, t.label_smoothing, t.max_grad_norm) == (
         5, 8, 2e-4, 0.01, 500, 0.1, None)
     assert (spec.adapter.r_max, spec.adapter.alpha, spec.adapter.dropout) == (4, 32, 0.1)
-    task = spec.task
+    task = spec.task.options
     assert (task.num_beams, task.length_penalty, task.no_repeat_ngram_size, task.max_new_tokens) == (10, 0.8, 4, 64)
     assert task.webnlg_subsets == ["all", "seen", "unseen"] and spec.eval_ranks == [1, 2, 3, 4]
 
@@ -145,10 +146,9 @@ def test_model_family_must_suit_the_task(model, task):
         compose_spec([f"model={model}", f"task={task}"])
 
 
-def test_label_smoothing_on_a_glue_task_is_refused(tmp_path, glue_dir):
-    spec = compose_spec(["model=tiny-roberta", "task=sst2", f"data.glue_dir={glue_dir}", "trainer.label_smoothing=0.1"])
+def test_label_smoothing_on_a_glue_task_is_refused(glue_dir):
     with pytest.raises(ConfigError, match="label_smoothing=0.1 applies to nlg tasks only"):
-        build_task(spec, None, None, "cpu")
+        compose_spec(["model=tiny-roberta", "task=sst2", f"data.glue_dir={glue_dir}", "trainer.label_smoothing=0.1"])
 
 
 def test_bad_decoding_settings_name_the_value():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from conftest import compose_spec
+from dylora.cli.compose import compose_spec
 
 from dylora import adapter_layers
 from dylora.models import load_model, load_tokenizer
@@ -13,7 +13,7 @@ from dylora.tasks.synthetic import make_synthetic, make_teacher
 def demo_base():
     spec = compose_spec(["experiment=demo"])
     tokenizer = load_tokenizer(spec.model)
-    return spec, tokenizer, load_model(spec.model, tokenizer, spec.task.num_labels).eval()
+    return spec, tokenizer, load_model(spec.model, tokenizer, spec.task.options.num_labels).eval()
 
 
 def test_teacher_update_has_the_designed_singular_values():
@@ -33,7 +33,7 @@ def test_teacher_update_has_the_designed_singular_values():
 
 def test_labels_are_balanced_confident_and_not_given_by_the_base():
     spec, tokenizer, base = demo_base()
-    t = spec.task
+    t = spec.task.options
     splits = make_synthetic(base, tokenizer, None, teacher_rank=t.teacher_rank, teacher_strength=t.teacher_strength,
                             seq_len=t.seq_len, n_train=400, n_eval=200, keep=0.5)
     assert (len(splits["train"]), len(splits["validation"])) == (400, 200)

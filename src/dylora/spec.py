@@ -14,7 +14,6 @@ from dylora.errors import ConfigError
 
 MODEL_SOURCES = ("pretrained", "bundled", "tiny")
 FAMILIES = ("encoder", "decoder")
-TASK_KINDS = ("glue", "synthetic", "nlg")
 
 
 def _build(cls, section: str, values: dict[str, Any]):
@@ -56,36 +55,16 @@ class ModelSpec:
 @dataclass
 class TaskSpec:
     name: str
-    kind: str = "glue"
-    # synthetic task only
-    num_labels: int = 2
-    teacher_rank: int = 8
-    teacher_strength: float = 1.0
-    seq_len: int = 16
-    n_train: int = 2000
-    n_eval: int = 1000
-    keep: float = 1.0
-    # nlg tasks only: which splits to decode, WebNLG category subsets, beam-search settings
-    eval_splits: list[str] = field(default_factory=lambda: ["test"])
-    webnlg_subsets: list[str] = field(default_factory=lambda: ["all", "seen", "unseen"])
-    num_beams: int = 10
-    length_penalty: float = 0.8
-    no_repeat_ngram_size: int = 4
-    max_new_tokens: int = 64
+    kind: str  # a key of dylora.tasks.KINDS
+    options: Any  # that kind's options dataclass, built from the other task.* keys
 
-    def __post_init__(self) -> None:
-        if self.kind not in TASK_KINDS:
-            raise ConfigError(f"task.kind={self.kind!r} is not one of {TASK_KINDS}")
-        for name in ("num_beams", "max_new_tokens"):
-            _positive("task", name, getattr(self, name))
-        if self.no_repeat_ngram_size < 0:
-            raise ConfigError(f"task.no_repeat_ngram_size={self.no_repeat_ngram_size!r} must be >= 0 (0: no ban)")
-        bad = [s for s in self.eval_splits if s not in ("validation", "test")]
-        if bad or not self.eval_splits:
-            raise ConfigError(f"task.eval_splits={self.eval_splits!r} must list validation and/or test")
-        bad = [s for s in self.webnlg_subsets if s not in ("all", "seen", "unseen")]
-        if bad or not self.webnlg_subsets:
-            raise ConfigError(f"task.webnlg_subsets={self.webnlg_subsets!r} must list all, seen and/or unseen")
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TaskSpec":
+        from dylora.tasks import task_kind
+
+        values = dict(values)
+        name, kind = values.pop("name"), values.pop("kind", "glue")
+        return cls(name, kind, _build(task_kind(kind).options, "task", values))
 
 
 @dataclass
@@ -188,10 +167,13 @@ class RunSpec:
         seed = config["seed"]
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise ConfigError(f"seed={seed!r} must be a whole number >= 0")
-        task = _build(TaskSpec, "task", dict(config["task"]))
+        task = TaskSpec.from_dict(config["task"])
         model = _build(ModelSpec, "model", dict(config["model"]))
         _check_family(model, task)
         trainer = _build(TrainerSpec, "trainer", dict(config["trainer"])).for_task(task.name)
+        if trainer.label_smoothing and model.family != "decoder":
+            raise ConfigError(f"trainer.label_smoothing={trainer.label_smoothing} applies to nlg tasks only; "
+                              f"set it to 0 for task={task.name}")
         return cls(
             experiment=str(config["experiment"]),
             seed=seed,
@@ -218,8 +200,11 @@ def _effective(config: dict[str, Any], task: str) -> dict[str, Any]:
 
 
 def _check_family(model: ModelSpec, task: TaskSpec) -> None:
-    """nlg tasks generate text (a causal LM); glue and synthetic tasks classify (an encoder)."""
-    wanted = "decoder" if task.kind == "nlg" else "encoder"
+    """Each task kind needs a model family: nlg tasks generate text (a causal LM); glue and synthetic
+    tasks classify (an encoder)."""
+    from dylora.tasks import task_kind
+
+    wanted = task_kind(task.kind).family
     if model.family != wanted:
         example = "gpt2-medium or tiny-gpt2" if wanted == "decoder" else "roberta-base or tiny-roberta"
         raise ConfigError(

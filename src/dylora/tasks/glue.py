@@ -20,6 +20,7 @@ from pathlib import Path
 import datasets
 
 from dylora.errors import DataError
+from dylora.tasks.base import NoOptions, TableMetric, TaskData, TaskKind, classification_evaluator, rows
 
 HUB_DATASET = "nyu-mll/glue"
 TEXT_COLUMNS = ("text_a", "text_b")
@@ -31,7 +32,8 @@ class GlueTask:
     """One GLUE task: its hub config, its TSV layout, and what it is scored with.
 
     ``eval_splits[0]`` is the split the paper reports (MNLI: matched); ``primary_metric`` is the
-    metric its tables print for the task.
+    metric EACL Table 2 prints for the task, ``workshop_metric`` the workshop Table 1's where it
+    differs (MRPC: accuracy there, F1 in EACL).
     """
 
     name: str
@@ -47,6 +49,7 @@ class GlueTask:
     tsv_headerless_columns: tuple[str, ...] = ()  # column names of a file with no header line
     eval_splits: tuple[str, ...] = ("validation",)
     eval_files: tuple[str, ...] = ("dev.tsv",)
+    workshop_metric: str | None = None
 
     @property
     def is_regression(self) -> bool:
@@ -92,6 +95,7 @@ GLUE_TASKS: dict[str, GlueTask] = {
         GlueTask(
             "mrpc", "MRPC", "mrpc", ("sentence1", "sentence2"), ("not_equivalent", "equivalent"),
             ("accuracy", "f1"), "f1", ("#1 String", "#2 String"), "Quality", _BINARY,
+            workshop_metric="accuracy",
         ),
         GlueTask(
             "qqp", "QQP", "qqp", ("question1", "question2"), ("not_duplicate", "duplicate"),
@@ -280,3 +284,38 @@ def _parse_label(spec: GlueTask, raw: str, where: str) -> int | float:
     if not low <= score <= high:  # also refuses nan and inf
         raise DataError(f"{where}: score {raw!r} is not a number in {low:g}..{high:g}")
     return score
+
+
+# ---------------------------------------------------------------------------- the task kind
+
+
+def table_metric(task: str, table: str) -> TableMetric | None:
+    """Workshop Table 1: MNLI the mean of matched and mismatched accuracy, MRPC accuracy; EACL
+    Table 2: the primary metric on the split the paper reports."""
+    if task not in GLUE_TASKS:
+        return None
+    spec = GLUE_TASKS[task]
+    if table == "table1":
+        return TableMetric(spec.workshop_metric or spec.primary_metric, spec.eval_splits)
+    return TableMetric(spec.primary_metric, spec.eval_splits[:1])
+
+
+def build(spec, base, tokenizer, device, run_dir=None) -> TaskData:
+    """Tokenised GLUE splits (hub or ``data.glue_dir``), scored with the task's GLUE metrics."""
+    from transformers import DataCollatorWithPadding
+
+    from dylora.metrics.glue import glue_metrics, logits_to_predictions
+
+    name = spec.task.name
+    splits = load_glue(name, spec.data.glue_dir, spec.data.max_train_samples, spec.data.max_eval_samples)
+    tokenized = {split: rows(tokenize_glue(ds, tokenizer, spec.model.max_length)) for split, ds in splits.items()}
+    train = tokenized.pop("train")
+    collate = DataCollatorWithPadding(tokenizer, return_tensors="pt")
+
+    def score(logits, labels) -> dict[str, float]:
+        return glue_metrics(name, logits_to_predictions(name, logits), labels.numpy())
+
+    return TaskData(train, collate, classification_evaluator(tokenized, collate, score, spec.trainer.eval_batch_size, device))
+
+
+KIND = TaskKind("glue", "encoder", NoOptions, lambda task: get_task(task.name).num_labels, build, table_metric)

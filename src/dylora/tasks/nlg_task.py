@@ -9,7 +9,7 @@ at b), post-processes hypotheses and references as LoRA's ``gpt2_decode.py`` and
 * DART, WebNLG: ``dart_webnlg_metrics`` -> bleu (0..100, as multi-bleu prints it), meteor (0..1),
   ter (edit rate, lower is better).
 
-Values are recorded as those functions return them; ``dylora.report`` scales them per task.
+Values are recorded as those functions return them; ``dylora.lab.report`` scales them per task.
 WebNLG is scored on each category subset as its own split (``test_all``, ``test_seen``,
 ``test_unseen``). The scored hypotheses are saved as ``<run_dir>/outputs/rank<b>.<split>.txt``
 (one line per item) beside ``<split>.references.txt`` (each item's references, then a blank line:
@@ -19,6 +19,7 @@ the E2E scorer's multi-reference format), so the official scorers can be run on 
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Callable
@@ -30,9 +31,8 @@ from torch import nn
 from dylora.errors import ConfigError
 from dylora.generation import generate_batch, postprocess
 from dylora.records import atomic_write_text
-from dylora.spec import RunSpec
-from dylora.tasks.build import TaskData
-from dylora.tasks.nlg import IGNORE_INDEX, NLGItem, collate_lm, encode_for_lm, load_nlg, select_webnlg
+from dylora.tasks.base import TableMetric, TaskData, TaskKind
+from dylora.tasks.nlg import TASKS, IGNORE_INDEX, NLGItem, collate_lm, encode_for_lm, load_nlg, select_webnlg
 
 OUTPUTS = "outputs"
 
@@ -76,8 +76,42 @@ def _write_references(out: Path, split: str, items: list[NLGItem], task: str) ->
     atomic_write_text(out / f"{split}.references.txt", "\n".join(groups))
 
 
-def build_nlg(spec: RunSpec, tokenizer, run_dir: Path | None) -> TaskData:
-    t, task = spec.task, spec.task.name
+@dataclass(frozen=True)
+class NLGOptions:
+    """``task.*`` of E2E, DART and WebNLG: which splits to decode, WebNLG's category subsets, and
+    the beam search."""
+
+    eval_splits: list[str] = field(default_factory=lambda: ["test"])
+    webnlg_subsets: list[str] = field(default_factory=lambda: ["all", "seen", "unseen"])
+    num_beams: int = 10
+    length_penalty: float = 0.8
+    no_repeat_ngram_size: int = 4
+    max_new_tokens: int = 64
+
+    def __post_init__(self) -> None:
+        for name in ("num_beams", "max_new_tokens"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ConfigError(f"task.{name}={value!r} must be a positive number")
+        if self.no_repeat_ngram_size < 0:
+            raise ConfigError(f"task.no_repeat_ngram_size={self.no_repeat_ngram_size!r} must be >= 0 (0: no ban)")
+        bad = [s for s in self.eval_splits if s not in ("validation", "test")]
+        if bad or not self.eval_splits:
+            raise ConfigError(f"task.eval_splits={self.eval_splits!r} must list validation and/or test")
+        bad = [s for s in self.webnlg_subsets if s not in ("all", "seen", "unseen")]
+        if bad or not self.webnlg_subsets:
+            raise ConfigError(f"task.webnlg_subsets={self.webnlg_subsets!r} must list all, seen and/or unseen")
+
+
+def table_metric(task: str, table: str) -> TableMetric | None:
+    """EACL Table 2's shape for NLG (Tables 6 and 9): BLEU on the test set, WebNLG on all categories."""
+    if task not in TASKS or table != "table2":
+        return None
+    return TableMetric("bleu", ("test_all",) if task == "webnlg" else ("test",))
+
+
+def build_nlg(spec, base, tokenizer, device, run_dir: Path | None = None) -> TaskData:
+    t, task = spec.task.options, spec.task.name
     room = spec.model.max_length - t.max_new_tokens
     if room < 2:
         raise ConfigError(
@@ -125,3 +159,6 @@ def _non_empty(sets: dict[str, list[int]]) -> dict[str, list[int]]:
     for name in [n for n, index in sets.items() if not index]:
         print(f"warning: {name} has no items (data.max_eval_samples too small?); it is not scored", file=sys.stderr)
     return {n: index for n, index in sets.items() if index}
+
+
+KIND = TaskKind("nlg", "decoder", NLGOptions, lambda task: None, build_nlg, table_metric)

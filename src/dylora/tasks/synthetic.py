@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
 
 import datasets
 import torch
@@ -22,6 +23,7 @@ from torch import nn
 
 from dylora.adapters import AdapterConfig, adapter_layers, add_adapters
 from dylora.errors import ConfigError
+from dylora.tasks.base import TaskData, TaskKind, classification_evaluator, rows
 
 DATA_SEED = 1234  # the task is the same for every run seed
 
@@ -83,3 +85,42 @@ def make_synthetic(
     columns = {k: v[chosen].tolist() for k, v in inputs.items()} | {"labels": labels[chosen].tolist()}
     full = datasets.Dataset.from_dict(columns)
     return {"train": full.select(range(n_train)), "validation": full.select(range(n_train, n_train + n_eval))}
+
+
+# ---------------------------------------------------------------------------- the task kind
+
+
+@dataclass(frozen=True)
+class SyntheticOptions:
+    """``task.*`` of the synthetic task (conf/task/synthetic.yaml says what each one does)."""
+
+    num_labels: int = 2
+    teacher_rank: int = 8
+    teacher_strength: float = 1.0
+    seq_len: int = 16
+    n_train: int = 2000
+    n_eval: int = 1000
+    keep: float = 1.0
+
+
+def build(spec, base, tokenizer, device, run_dir=None) -> TaskData:
+    """The teacher's splits; ``base`` is the model before adapters, which the teacher copies."""
+    from sklearn.metrics import accuracy_score
+    from transformers import DataCollatorWithPadding
+
+    t = spec.task.options
+    splits = make_synthetic(
+        base, tokenizer, spec.adapter.target_modules, teacher_rank=t.teacher_rank, teacher_strength=t.teacher_strength,
+        seq_len=t.seq_len, n_train=t.n_train, n_eval=t.n_eval, keep=t.keep,
+    )
+    collate = DataCollatorWithPadding(tokenizer, return_tensors="pt")
+
+    def score(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+        return {"accuracy": float(accuracy_score(labels.numpy(), logits.argmax(dim=-1).numpy()))}
+
+    evals = {"validation": rows(splits["validation"], spec.data.max_eval_samples)}
+    evaluate = classification_evaluator(evals, collate, score, spec.trainer.eval_batch_size, device)
+    return TaskData(rows(splits["train"], spec.data.max_train_samples), collate, evaluate)
+
+
+KIND = TaskKind("synthetic", "encoder", SyntheticOptions, lambda task: task.options.num_labels, build)
