@@ -39,6 +39,13 @@ CHECKPOINT = "checkpoint"
 # Keys that only say where outputs go: they never change a result, so they are not hashed.
 OUTPUT_KEYS = ("out_dir", "results_dir", "logger")
 
+# Options added after the first run records were written, each with the value that keeps the
+# behaviour runs had before it existed. A config holding exactly that value hashes as if the
+# option were absent, so adding an option never renames existing runs (the committed ones
+# included); any other value, or a default changed away from it, changes the hash. Every new
+# option goes here with its neutral value (a test recomposes the committed records to check).
+HASH_NEUTRAL: dict[str, Any] = {}
+
 
 @dataclass(frozen=True)
 class MetricRow:
@@ -71,10 +78,24 @@ class MetricRow:
 
 
 def config_hash(config: dict[str, Any]) -> str:
-    """sha256 of the canonical JSON of ``config`` without its output keys."""
+    """sha256 of the canonical JSON of ``config`` without its output keys and without the options
+    that hold their neutral value (``HASH_NEUTRAL``, dotted keys)."""
     kept = {k: v for k, v in config.items() if k not in OUTPUT_KEYS}
+    for dotted, value in HASH_NEUTRAL.items():
+        kept = _without(kept, dotted.split("."), value)
     text = json.dumps(kept, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _without(node: dict[str, Any], keys: list[str], neutral: Any) -> dict[str, Any]:
+    """``node`` less the key at path ``keys`` when it holds ``neutral`` (a copy; ``node`` is left alone)."""
+    head, rest = keys[0], keys[1:]
+    if head not in node:
+        return node
+    if rest:
+        child = node[head]
+        return {**node, head: _without(child, rest, neutral)} if isinstance(child, dict) else node
+    return {k: v for k, v in node.items() if k != head} if node[head] == neutral else node
 
 
 def run_dir_for(out_dir: str | Path, config: dict[str, Any]) -> Path:
