@@ -325,7 +325,7 @@ def test_incomplete_superseded_corrupted_and_unreadable_runs_are_reported(tmp_pa
     unreadable.mkdir()
     (unreadable / "config.yaml").write_text("[")
     exp = report.load_experiments(tmp_path)[EXPERIMENT]
-    issues = {(i.method, i.status) for i in exp.issues + report.scores(exp, report.TABLE2_METRICS)[1]}
+    issues = {(i.method, i.status) for i in exp.issues + report.scores(exp, "table2")[1]}
     assert issues == {("dylora", "incomplete"), ("lora", "superseded"), ("dylora_frozen", "corrupted"),
                       ("?", "unreadable")}
     assert [r.path for r in exp.used if r.method == "lora"] == [newer_dir]

@@ -33,8 +33,8 @@ The package, one module per concern (each imports only those above it):
 * ``curves``: rank curves per task and their summary.
 * ``finding``: the paper's finding, task by task.
 
-This module holds the entry points, ``build_report`` and ``write_report``, and re-exports the
-public names of the others.
+This module holds the entry points, ``build_report`` and ``write_report``, and the names
+callers use from the others.
 """
 
 from __future__ import annotations
@@ -44,76 +44,17 @@ import os
 from pathlib import Path
 
 from dylora.errors import ConfigError
-from dylora.lab.report.experiments import (
-    ALREADY_PERCENT,
-    AVG,
-    CSV_COLUMNS,
-    FALLBACK_METRICS,
-    GLUE,
-    LOWER_IS_BETTER,
-    METHOD_ORDER,
-    NLG,
-    PERCENT,
-    SOURCE_LABELS,
-    SOURCES,
-    Experiment,
-    Issue,
-    load_experiments,
-    metric_scale,
-)
-from dylora.lab.report.scoring import (
-    TABLE1_METRICS,
-    TABLE1_PAPER,
-    TABLE2_METRICS,
-    TABLE2_PAPER,
-    MetricSpec,
-    metric_spec,
-    scores,
-)
-from dylora.lab.report.notes import PAPER_SETUP, PAPER_UPDATE_RULE, departures, settings_notes
-from dylora.lab.report.tables import ROW_KEY, RowFn, Table, TableSpec, build_table, table1, table2
-from dylora.lab.report.nlg import (
-    NLG_CSV_COLUMNS,
-    NLG_TABLES,
-    PAPER_SPLITS,
-    NLGColumn,
-    nlg_scores,
-    nlg_table,
-    nlg_tables,
-    plot_nlg_curves,
-)
-from dylora.lab.report.render import issues_markdown, latex_table, markdown_table, tex_escape, write_table
-from dylora.lab.report.curves import (
-    SUMMARY_COLUMNS,
-    min_rank_within,
-    normalised_auc,
-    plot_rank_curves,
-    rank_summary,
-    write_summary,
-)
-from dylora.lab.report.finding import FINDING_COLUMNS, paper_finding, write_finding
+from dylora.lab.report.curves import min_rank_within, normalised_auc, plot_rank_curves, rank_summary, write_summary
+from dylora.lab.report.experiments import CSV_COLUMNS, Experiment, Issue, load_experiments
+from dylora.lab.report.finding import paper_finding, write_finding
+from dylora.lab.report.nlg import nlg_tables, plot_nlg_curves
+from dylora.lab.report.render import write_table
+from dylora.lab.report.scoring import scores
+from dylora.lab.report.tables import table1, table2
 
 __all__ = [
-    # experiments
-    "ALREADY_PERCENT", "AVG", "CSV_COLUMNS", "FALLBACK_METRICS", "GLUE", "LOWER_IS_BETTER", "METHOD_ORDER", "NLG",
-    "PERCENT", "SOURCE_LABELS", "SOURCES", "Experiment", "Issue", "load_experiments", "metric_scale",
-    # scoring
-    "TABLE1_METRICS", "TABLE1_PAPER", "TABLE2_METRICS", "TABLE2_PAPER", "MetricSpec", "metric_spec", "scores",
-    # notes
-    "PAPER_SETUP", "PAPER_UPDATE_RULE", "departures", "settings_notes",
-    # tables
-    "ROW_KEY", "RowFn", "Table", "TableSpec", "build_table", "table1", "table2",
-    # nlg
-    "NLG_CSV_COLUMNS", "NLG_TABLES", "PAPER_SPLITS", "NLGColumn", "nlg_scores", "nlg_table", "nlg_tables",
-    "plot_nlg_curves",
-    # render
-    "issues_markdown", "latex_table", "markdown_table", "tex_escape", "write_table",
-    # curves
-    "SUMMARY_COLUMNS", "min_rank_within", "normalised_auc", "plot_rank_curves", "rank_summary", "write_summary",
-    # finding
-    "FINDING_COLUMNS", "paper_finding", "write_finding",
-    # entry points
-    "build_report", "write_report",
+    "CSV_COLUMNS", "Experiment", "Issue", "build_report", "load_experiments", "min_rank_within", "normalised_auc",
+    "paper_finding", "rank_summary", "scores", "table1", "table2", "write_finding", "write_report",
 ]
 
 

@@ -23,7 +23,7 @@ from dylora.lab.report.experiments import (  # noqa: E402
     metric_scale,
 )
 from dylora.lab.report.render import issues_markdown, markdown_table  # noqa: E402
-from dylora.lab.report.scoring import TABLE2_METRICS, TABLE2_PAPER, scores  # noqa: E402
+from dylora.lab.report.scoring import TABLE2_PAPER, scores  # noqa: E402
 
 
 def normalised_auc(ranks: Iterable[float], values: Iterable[float]) -> float:
@@ -54,7 +54,7 @@ def min_rank_within(ranks: Iterable[int], values: Iterable[float], tolerance: fl
 
 def _curves(exp: Experiment) -> pd.DataFrame:
     """Per task, method and rank 1..r_max: mean, std and count over seeds (Table 2 metrics)."""
-    sc, _ = scores(exp, TABLE2_METRICS)
+    sc, _ = scores(exp, "table2")
     keep = [g[g["rank"] <= exp.rank_range(str(t), str(m))[1]]
             for (t, m), g in sc.groupby(["task", "method"], sort=False)]
     if not keep:

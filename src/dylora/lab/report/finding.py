@@ -9,7 +9,7 @@ import pandas as pd
 
 from dylora.lab.report.experiments import Experiment, _task_order
 from dylora.lab.report.render import markdown_table
-from dylora.lab.report.scoring import TABLE1_METRICS, scores
+from dylora.lab.report.scoring import scores
 
 
 FINDING_COLUMNS = ["task", "metric", "r_min", "r_max", "n_seeds", "lora_drop", "dylora_drop", "drop_margin",
@@ -21,7 +21,7 @@ def paper_finding(exp: Experiment, margin: float = 3.0, gap: float = 2.0) -> pd.
     finding: LoRA's drop from r_max to r_min exceeds DyLoRA's by at least ``margin`` points
     (drop_ok), DyLoRA's average over ranks r_min..r_max is at least LoRA's (avg_ok), and at r_max
     the two are within ``gap`` points (r_max_ok)."""
-    sc, _ = scores(exp, TABLE1_METRICS)
+    sc, _ = scores(exp, "table1")
     rows = []
     for task in _task_order(sc["task"].unique()):
         of_task = sc[sc["task"] == task]

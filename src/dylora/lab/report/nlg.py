@@ -23,7 +23,8 @@ from dylora.lab.report.experiments import (  # noqa: E402
     metric_scale,
 )
 from dylora.lab.report.notes import _values  # noqa: E402
-from dylora.lab.report.scoring import MetricSpec, _short_runs  # noqa: E402
+from dylora.lab.report.scoring import _short_runs  # noqa: E402
+from dylora.tasks import TableMetric  # noqa: E402
 from dylora.lab.report.tables import Table, _common_notes, _stats  # noqa: E402
 from dylora.records import RunRecord  # noqa: E402
 
@@ -67,7 +68,7 @@ def nlg_scores(exp: Experiment, columns: list[NLGColumn]) -> tuple[pd.DataFrame,
         whole = sel.groupby(["method", "seed", "rank"], as_index=False)["value"].mean()
         parts.append(whole.assign(column=col.key, task=col.task, split=col.split, metric=col.metric,
                                   value=whole["value"] * metric_scale(col.task, col.metric)))
-        issues += _short_runs(exp, col.task, MetricSpec(col.metric, (col.split,)), whole)
+        issues += _short_runs(exp, col.task, TableMetric(col.metric, (col.split,)), whole)
     return (pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()), issues
 
 

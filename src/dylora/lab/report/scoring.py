@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pandas as pd
 
 from dylora.lab import paper
@@ -16,32 +14,7 @@ from dylora.lab.report.experiments import (
     _task_order,
     metric_scale,
 )
-
-
-@dataclass(frozen=True)
-class MetricSpec:
-    metric: str
-    splits: tuple[str, ...]  # several splits are averaged per seed and rank (MNLI m/mm)
-
-
-def _acc(*splits: str) -> MetricSpec:
-    return MetricSpec("accuracy", splits or ("validation",))
-
-
-TABLE1_METRICS = {
-    "mnli": _acc("validation_matched", "validation_mismatched"),
-    "sst2": _acc(),
-    "mrpc": _acc(),
-    "cola": MetricSpec("matthews_correlation", ("validation",)),
-    "qnli": _acc(),
-    "qqp": _acc(),
-    "rte": _acc(),
-    "stsb": MetricSpec("pearson", ("validation",)),
-}
-TABLE2_METRICS = {**TABLE1_METRICS, "mnli": _acc("validation_matched"), "mrpc": MetricSpec("f1", ("validation",)),
-                  # NLG: BLEU on the test set, WebNLG on all categories (the paper's number is "All")
-                  "e2e": MetricSpec("bleu", ("test",)), "dart": MetricSpec("bleu", ("test",)),
-                  "webnlg": MetricSpec("bleu", ("test_all",))}
+from dylora.tasks import TableMetric, table_metric
 
 # Where each task's paper numbers are: (paper_version, table).
 TABLE1_PAPER = {t: (paper.WORKSHOP, "Table 1") for t in GLUE}
@@ -53,19 +26,22 @@ TABLE2_PAPER = {
 }
 
 
-def metric_spec(task: str, specs: dict[str, MetricSpec], measured: pd.DataFrame) -> MetricSpec | None:
-    """The table's metric for ``task``; for other tasks the first fallback metric it measured."""
-    if task in specs:
-        return specs[task]
+def metric_spec(task: str, table: str, measured: pd.DataFrame) -> TableMetric | None:
+    """The metric ``table`` ("table1" | "table2") shows for ``task``, as its task definition says;
+    for a task without one, the first fallback metric it measured."""
+    defined = table_metric(task, table)
+    if defined is not None:
+        return defined
     for metric in FALLBACK_METRICS:
         splits = sorted(measured.loc[measured["metric"] == metric, "split"].unique())
         if splits:
-            return MetricSpec(metric, ("validation",) if "validation" in splits else (splits[0],))
+            return TableMetric(metric, ("validation",) if "validation" in splits else (splits[0],))
     return None
 
 
-def scores(exp: Experiment, specs: dict[str, MetricSpec]) -> tuple[pd.DataFrame, list[Issue]]:
-    """One value per task, method, seed and rank (percent where the metric is a fraction).
+def scores(exp: Experiment, table: str) -> tuple[pd.DataFrame, list[Issue]]:
+    """One value per task, method, seed and rank on ``table``'s metric (percent where the metric is
+    a fraction).
 
     Also the runs short of a split or of a rank in 1..r_max, as issues.
     """
@@ -73,7 +49,7 @@ def scores(exp: Experiment, specs: dict[str, MetricSpec]) -> tuple[pd.DataFrame,
     parts, issues = [], []
     for task in _task_order(r.task for r in exp.used):  # from the runs: one without metrics is reported
         measured = metrics[metrics["task"] == task]
-        spec = metric_spec(task, specs, measured)
+        spec = metric_spec(task, table, measured)
         if spec is None:
             issues.append(Issue(task, "*", None, "incomplete", f"none of {FALLBACK_METRICS} measured"))
             continue
@@ -88,7 +64,7 @@ def scores(exp: Experiment, specs: dict[str, MetricSpec]) -> tuple[pd.DataFrame,
     return frame.reset_index(drop=True), issues
 
 
-def _short_runs(exp: Experiment, task: str, spec: MetricSpec, whole: pd.DataFrame) -> list[Issue]:
+def _short_runs(exp: Experiment, task: str, spec: TableMetric, whole: pd.DataFrame) -> list[Issue]:
     issues = []
     for r in (r for r in exp.used if r.task == task):
         got = set(whole.loc[(whole["method"] == r.method) & (whole["seed"] == r.seed), "rank"])

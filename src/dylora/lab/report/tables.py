@@ -21,14 +21,7 @@ from dylora.lab.report.experiments import (
     _task_order,
 )
 from dylora.lab.report.notes import departures, settings_notes
-from dylora.lab.report.scoring import (
-    TABLE1_METRICS,
-    TABLE1_PAPER,
-    TABLE2_METRICS,
-    TABLE2_PAPER,
-    MetricSpec,
-    scores,
-)
+from dylora.lab.report.scoring import TABLE1_PAPER, TABLE2_PAPER, scores
 
 
 @dataclass
@@ -53,8 +46,7 @@ ROW_KEY = ["method", "row", "key", "paper_rank"]
 
 @dataclass(frozen=True)
 class TableSpec:
-    name: str
-    metrics: dict[str, MetricSpec]
+    name: str  # "table1" | "table2": also which table metric the task definitions give
     paper_sources: dict[str, tuple[str, str]]  # task -> (paper_version, table)
     rows: RowFn
     mark_best: bool
@@ -143,7 +135,7 @@ def _mark_best(cells: pd.DataFrame, metric_of: dict[str, str]) -> pd.DataFrame:
 
 def build_table(exp: Experiment, spec: TableSpec, title: str) -> Table:
     """Ours, paper and Δ cells for every row and task, plus Avg; notes are left to the caller."""
-    sc, issues = scores(exp, spec.metrics)
+    sc, issues = scores(exp, spec.name)
     tasks = _task_order(sc["task"].unique())
     metric_of = dict(zip(sc["task"], sc["metric"]))
     ours = pd.DataFrame(_ours_cells(exp, sc, spec.rows))
@@ -173,7 +165,7 @@ def _sorted(cells: pd.DataFrame) -> pd.DataFrame:
 
 def table1(exp: Experiment) -> Table:
     title = f"Table 1 ({exp.name}): average over ranks r_min..r_max and rank r_max"
-    table = build_table(exp, TableSpec("table1", TABLE1_METRICS, TABLE1_PAPER, _table1_rows, False, False), title)
+    table = build_table(exp, TableSpec("table1", TABLE1_PAPER, _table1_rows, False, False), title)
     table.notes = [
         "Metrics (workshop Table 1): MNLI mean of matched and mismatched accuracy, CoLA Matthews "
         "correlation, STS-B Pearson, all other tasks (MRPC included) accuracy; percent.",
@@ -184,7 +176,7 @@ def table1(exp: Experiment) -> Table:
 
 def table2(exp: Experiment) -> Table:
     title = f"Table 2 ({exp.name}): every rank 1..r_max, mean ± std over seeds"
-    table = build_table(exp, TableSpec("table2", TABLE2_METRICS, TABLE2_PAPER, _table2_rows, True, True), title)
+    table = build_table(exp, TableSpec("table2", TABLE2_PAPER, _table2_rows, True, True), title)
     table.notes = [
         "Metrics (EACL Table 2): MNLI matched accuracy, MRPC F1, CoLA Matthews correlation, STS-B "
         "Pearson, all other tasks accuracy; percent. Bold: the best rank per method and task.",
