@@ -10,7 +10,7 @@ import statistics
 import pytest
 from helpers import REPO, run_cli, tiny_overrides
 
-from dylora.lab.bench import Options, _parse, median_iqr
+from dylora.lab.bench import Options, median_iqr, parse_options, parser
 from dylora.errors import ConfigError
 
 SEARCH = tiny_overrides("task=synthetic", "task.n_train=40", "task.n_eval=16", "task.seq_len=8", "method.r_max=2")
@@ -24,13 +24,41 @@ def test_median_iqr_matches_a_hand_computation():
     assert median_iqr([5.0]) == {"median": 5.0, "iqr": 0.0, "n": 1}
 
 
-def test_options_are_parsed_and_checked():
-    opts, child = _parse(["--model=tiny", "--r-max=4", "--search=a=1", "--search=b=2", "--child=peft"])
-    assert (opts.model, opts.r_max, opts.search, child) == ("tiny", 4, ["a=1", "b=2"], "peft")
-    with pytest.raises(ConfigError, match="--repeats"):
-        _parse(["--repeats=0"])
-    with pytest.raises(ConfigError, match="unknown option"):
-        _parse(["--bogus=1"])
+def test_a_full_command_line_is_parsed_to_its_options():
+    opts, child = parse_options([
+        "--model=tiny", "--batch", "4", "--seq=32", "--r-max=4", "--repeats=3", "--steps", "2",
+        "--eval-batches=5", "--out=x/b.json", "--device", "cpu", "--search=a=1", "--search", "b=2", "--child=peft",
+    ])
+    assert opts == Options(model="tiny", batch=4, seq=32, r_max=4, repeats=3, steps=2, eval_batches=5,
+                           out="x/b.json", device="cpu", search=["a=1", "b=2"])
+    assert child == "peft"
+
+
+def test_options_not_given_are_the_dataclass_defaults():
+    assert parse_options([]) == (Options(), None)
+    # both spellings of the two-word options, as before argparse
+    assert parse_options(["--r_max=3", "--eval_batches=2"])[0] == parse_options(["--r-max", "3", "--eval-batches", "2"])[0]
+    assert parse_options(["--r_max=3"])[0].r_max == 3
+    help_text = parser().format_help()
+    assert "--r-max" in help_text and "--search" in help_text and "--child" not in help_text
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["--batch=abc"], "'abc'"),  # not a whole number
+    (["--bogus=1"], "--bogus"),  # unknown option
+    (["--rep=3"], "--rep"),  # no abbreviations
+    (["--model=gpt"], "'gpt'"),
+])
+def test_bad_options_are_a_usage_error_naming_the_value(argv, named, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        parse_options(argv)
+    assert exit_.value.code == 2
+    assert named in capsys.readouterr().err
+
+
+def test_options_are_checked():
+    with pytest.raises(ConfigError, match="--repeats=0"):
+        parse_options(["--repeats=0"])
     with pytest.raises(ConfigError, match="model"):
         Options(model="gpt")
 

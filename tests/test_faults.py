@@ -149,7 +149,7 @@ def test_a_kill_at_any_file_operation_of_a_checkpoint_write_leaves_a_usable_chec
     """Deterministic counterpart of the random kills: die at each file operation in turn, restart,
     and the run must resume (or start over when no checkpoint was complete) to the same adapter."""
     import torch
-    from test_train import tiny_setup
+    from test_train import CPU, QUIET, tiny_setup, training_data
 
     from dylora.adapters import adapter_layers, rank_schedule
     from dylora.spec import TrainerSpec
@@ -159,8 +159,8 @@ def test_a_kill_at_any_file_operation_of_a_checkpoint_write_leaves_a_usable_chec
 
     def run(directory: Path):
         model, collate, rows = tiny_setup()
-        train(model, rows, collate, trainer, rank_schedule(next(adapter_layers(model))[1].config, 0), 0,
-              torch.device("cpu"), checkpoint_dir=directory, progress=False)
+        train(model, training_data(rows, collate), trainer, rank_schedule(next(adapter_layers(model))[1].config, 0), 0,
+              CPU, checkpoint_dir=directory, callbacks=QUIET)
         return {name: (layer.lora_A.clone(), layer.lora_B.clone()) for name, layer in adapter_layers(model)}
 
     want = run(tmp_path / "reference")

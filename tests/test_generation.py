@@ -15,7 +15,7 @@ from dylora.generation import (
     postprocess,
 )
 from dylora.tasks.nlg import prompt_ids
-from dylora.tokenizers import build_tiny_gpt2_tokenizer
+from dylora._tiny_bpe import build_tiny_gpt2_tokenizer
 
 PROMPTS = [
     "name : Red Fox | area : city centre",

@@ -21,7 +21,7 @@ from dylora.tasks.nlg import (
     select_webnlg,
     to_pairs,
 )
-from dylora.tokenizers import build_tiny_gpt2_tokenizer
+from dylora._tiny_bpe import build_tiny_gpt2_tokenizer
 from nlg_fixtures import write_nlg_dir
 
 REAL_NLG = Path(__file__).resolve().parents[2] / "shared/data/nlg"

@@ -50,9 +50,22 @@ def test_summary_sums_the_runs_and_divides():
     assert s["lora_trainings"] == 3 and s["power_of_two_trainings"] == 2  # ranks 1, 2
 
 
-def test_unknown_option_is_a_config_error():
-    with pytest.raises(ConfigError, match="--results"):
-        search_cost._parse(["--result=x"])
+def test_a_full_command_line_is_parsed_to_overrides_and_options():
+    args = search_cost.parser().parse_intermixed_args([
+        "experiment=search_cost_cpu", "--results", "out/tables", "trainer.lr=1e-3", "--split=validation",
+        "--metric", "f1", "+extra=1",
+    ])
+    assert args.overrides == ["experiment=search_cost_cpu", "trainer.lr=1e-3", "+extra=1"]
+    assert (args.results, args.split, args.metric) == ("out/tables", "validation", "f1")
+    defaults = search_cost.parser().parse_intermixed_args(["a=1"])
+    assert (defaults.overrides, defaults.results, defaults.split, defaults.metric) == (["a=1"], search_cost.RESULTS_DIR, None, None)
+
+
+def test_unknown_option_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        search_cost.main(["--result=x"])  # no abbreviations: a misspelt --results is not taken for it
+    assert exit_.value.code == 2
+    assert "--result=x" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -12,7 +12,8 @@ from dylora import AdapterConfig, add_adapters, adapter_layers, rank_schedule
 from dylora.models import load_model, load_tokenizer
 from dylora.spec import ModelSpec, TrainerSpec
 from dylora.sweep import predict
-from dylora.train import lr_factor, step_indices, total_steps, train
+from dylora.tasks import TaskData
+from dylora.train import Callbacks, Placement, lr_factor, step_indices, total_steps, train
 
 
 @pytest.mark.parametrize("total,warmup", [(100, 6), (10, 0), (7, 7)])
@@ -62,6 +63,14 @@ def test_group_by_length_keeps_each_epoch_whole_and_cuts_padding():
     assert max(lengths[i] for i in grouped[0]) == max(lengths)  # HF puts the longest batch first
 
 
+CPU = Placement(torch.device("cpu"))
+QUIET = Callbacks(progress=False)
+
+
+def training_data(rows: list[dict], collate) -> TaskData:
+    return TaskData(rows, collate, evaluate=lambda model, rank: {})
+
+
 def tiny_setup(method: str = "dylora"):
     spec = ModelSpec(name="tiny-roberta", source="tiny", max_length=32,
                      tiny={"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64,
@@ -82,7 +91,7 @@ def test_one_rank_per_step_for_every_micro_batch():
     layer.register_forward_pre_hook(lambda m, args: seen.append(m.rank))
     trainer = TrainerSpec(batch_size=2, grad_accum=3, max_steps=5, warmup_ratio=0.0)
     schedule = rank_schedule(layer.config, seed=3)
-    result = train(model, rows, collate, trainer, schedule, seed=3, device=torch.device("cpu"), progress=False)
+    result = train(model, training_data(rows, collate), trainer, schedule, 3, CPU, callbacks=QUIET)
     assert result.ranks == [schedule(s) for s in range(5)]
     per_epoch, _ = total_steps(len(rows), trainer)
     micro = [len(step_indices(len(rows), s, per_epoch, trainer, 3)) for s in range(5)]
@@ -93,9 +102,9 @@ def test_one_rank_per_step_for_every_micro_batch():
 def test_gradient_accumulation_equals_one_larger_batch():
     model, collate, rows = tiny_setup(method="lora")
     other = copy.deepcopy(model)
-    kwargs = dict(collate=collate, schedule=lambda step: 4, seed=1, device=torch.device("cpu"), progress=False)
-    train(model, rows, trainer=TrainerSpec(batch_size=4, grad_accum=2, max_steps=2, warmup_ratio=0.0), **kwargs)
-    train(other, rows, trainer=TrainerSpec(batch_size=8, grad_accum=1, max_steps=2, warmup_ratio=0.0), **kwargs)
+    data, kwargs = training_data(rows, collate), dict(schedule=lambda step: 4, seed=1, where=CPU, callbacks=QUIET)
+    train(model, data, trainer=TrainerSpec(batch_size=4, grad_accum=2, max_steps=2, warmup_ratio=0.0), **kwargs)
+    train(other, data, trainer=TrainerSpec(batch_size=8, grad_accum=1, max_steps=2, warmup_ratio=0.0), **kwargs)
     for (_, a), (_, b) in zip(adapter_layers(model), adapter_layers(other)):
         torch.testing.assert_close(a.lora_A, b.lora_A, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(a.lora_B, b.lora_B, rtol=1e-5, atol=1e-6)

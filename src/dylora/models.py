@@ -35,7 +35,7 @@ def bundled_minilm_path() -> Path:
 def load_tokenizer(spec: ModelSpec):
     if spec.source == "tiny":
         if spec.family == "decoder":
-            from dylora.tokenizers import build_tiny_gpt2_tokenizer
+            from dylora._tiny_bpe import build_tiny_gpt2_tokenizer
 
             return build_tiny_gpt2_tokenizer()
         return AutoTokenizer.from_pretrained(str(bundled_minilm_path()))  # a real vocabulary, offline

@@ -28,7 +28,7 @@ from dylora.spec import RunSpec
 from dylora.sweep import rank_sweep
 from dylora.tasks import build_task, num_labels
 from dylora.tracking import make_tracker
-from dylora.train import Distributed, train
+from dylora.train import Callbacks, Distributed, Placement, train
 
 
 def say(message: str) -> None:
@@ -67,12 +67,10 @@ def execute(spec: RunSpec, progress: bool = True) -> Path:
         records.write_config(run_dir, spec.config)
     tracker = make_tracker(spec.logger, spec.config, run_dir, run_dir.name, spec.experiment) if dist.is_main else None
     try:
-        result = train(
-            model, data.train, data.collate, spec.trainer, rank_schedule(spec.adapter, spec.seed), spec.seed, device,
-            checkpoint_dir=run_dir / records.CHECKPOINT, dist=dist, progress=progress,
-            on_step=tracker.log_step if tracker else None, ddp_model=_ddp(model, device, dist),
-            loss_fn=data.loss,
-        )
+        where = Placement(device, dist, _ddp(model, device, dist))
+        callbacks = Callbacks(progress, tracker.log_step if tracker else None)
+        result = train(model, data, spec.trainer, rank_schedule(spec.adapter, spec.seed), spec.seed, where,
+                       run_dir / records.CHECKPOINT, callbacks)
         schedules = _gather(_digest(result.ranks), dist)
         if len(set(schedules)) > 1:
             raise TrainingError(f"the processes trained with different rank sequences (sha256 {schedules}); "

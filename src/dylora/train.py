@@ -16,7 +16,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 from safetensors import safe_open
@@ -32,6 +32,9 @@ from dylora.progress import bar as progress_bar
 from dylora.records import atomic_write_json, sha256_file
 from dylora.spec import TrainerSpec
 
+if TYPE_CHECKING:
+    from dylora.tasks.base import TaskData
+
 
 @dataclass
 class Distributed:
@@ -43,6 +46,24 @@ class Distributed:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+
+@dataclass
+class Placement:
+    """Where training runs: the device and, under torch.distributed, this process's place and the
+    DDP wrapper of the model (forward and backward go through it)."""
+
+    device: torch.device
+    dist: Distributed = field(default_factory=Distributed)
+    ddp_model: nn.Module | None = None
+
+
+@dataclass
+class Callbacks:
+    """What training tells the outside: a progress bar (main process only) and ``on_step(step, rank, loss)``."""
+
+    progress: bool = True
+    on_step: Callable[[int, int, float], None] | None = None
 
 
 @dataclass
@@ -95,22 +116,18 @@ def step_indices(n: int, step: int, per_epoch: int, trainer: TrainerSpec, seed: 
 
 def train(
     model: nn.Module,
-    dataset: Sequence[dict],
-    collate: Callable[[list[dict]], dict[str, torch.Tensor]],
+    data: TaskData,
     trainer: TrainerSpec,
     schedule: Callable[[int], int],
     seed: int,
-    device: torch.device,
+    where: Placement,
     checkpoint_dir: Path | None = None,
-    dist: Distributed = Distributed(),
-    on_step: Callable[[int, int, float], None] | None = None,
-    progress: bool = True,
-    ddp_model: nn.Module | None = None,
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    callbacks: Callbacks = Callbacks(),
 ) -> TrainResult:
-    """Train ``model`` in place and return what happened. ``ddp_model`` wraps ``model`` under DDP.
-    ``loss_fn(logits, labels)``, when given, replaces the model's own loss (e.g. label smoothing)."""
-    forward = ddp_model or model
+    """Train ``model`` in place on ``data.train`` and return what happened. ``data.loss(logits,
+    labels)``, when given, replaces the model's own loss (e.g. label smoothing)."""
+    dataset, dist, device = data.train, where.dist, where.device
+    forward = where.ddp_model or model
     optimizer = make_optimizer(model, trainer)
     per_epoch, total = total_steps(len(dataset), trainer)
     lengths = [len(dataset[i]["input_ids"]) for i in range(len(dataset))] if trainer.group_by_length else None
@@ -118,7 +135,7 @@ def train(
     result = TrainResult(steps=0, seconds=0.0)
     if checkpoint_dir is not None:
         load_checkpoint(checkpoint_dir, model, optimizer, result)
-    bar = progress_bar(total=total, initial=result.steps, desc="train", enabled=progress and dist.is_main)
+    bar = progress_bar(total=total, initial=result.steps, desc="train", enabled=callbacks.progress and dist.is_main)
     start = time.perf_counter() - result.seconds
     model.train()
     while result.steps < total:
@@ -127,8 +144,8 @@ def train(
         set_rank(model, rank)
         for group in optimizer.param_groups:
             group["lr"] = trainer.lr * lr_factor(step, total, warmup)
-        loss = _accumulate(forward, dataset, collate, step_indices(len(dataset), step, per_epoch, trainer, seed, lengths), dist, device,
-                           loss_fn)
+        micro_batches = step_indices(len(dataset), step, per_epoch, trainer, seed, lengths)
+        loss = _accumulate(forward, dataset, data.collate, micro_batches, dist, device, data.loss)
         if not math.isfinite(loss):
             raise TrainingError(
                 f"the training loss became {loss} at step {step} (rank {rank}); lower trainer.lr (now {trainer.lr}) "
@@ -144,8 +161,8 @@ def train(
         result.ranks.append(rank)
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}", rank=rank)
-        if on_step is not None:
-            on_step(step, rank, loss)
+        if callbacks.on_step is not None:
+            callbacks.on_step(step, rank, loss)
         at_checkpoint = result.steps % trainer.checkpoint_every == 0 or result.steps % per_epoch == 0
         if checkpoint_dir is not None and dist.is_main and at_checkpoint and result.steps < total:
             save_checkpoint(checkpoint_dir, model, optimizer, result)

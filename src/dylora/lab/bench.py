@@ -1,7 +1,7 @@
 """``make bench``: what DyLoRA costs against PEFT LoRA, measured on the machine at hand.
 
-    python -m dylora.lab.bench [--model=minilm|tiny] [--batch=16] [--seq=128] [--r-max=8] [--repeats=12]
-                           [--out=results/bench.json] [--search=OVERRIDE ...]
+    python -m dylora.lab.bench [--model minilm|tiny] [--batch N] [--seq N] [--r-max N] [--repeats N] [--steps N]
+                               [--eval-batches N] [--out PATH] [--device D] [--search OVERRIDE ...]
 
 Four ratios, each with its target:
 
@@ -20,6 +20,7 @@ Four ratios, each with its target:
 
 from __future__ import annotations
 
+import argparse
 import gc
 import os
 import resource
@@ -37,6 +38,7 @@ from dylora.errors import ConfigError, DyLoRAError
 TARGETS = {"train_step_ratio": ("<=", 1.05), "peak_memory_ratio": ("<=", 1.05), "sweep_ratio": ("<=", 1.10)}
 TINY = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
 SEARCH_DEFAULT = ["experiment=search_cost_cpu"]
+MODELS = ("minilm", "tiny")
 
 
 @dataclass
@@ -53,8 +55,8 @@ class Options:
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        if self.model not in ("minilm", "tiny"):
-            raise ConfigError(f"--model={self.model!r} is not one of minilm, tiny")
+        if self.model not in MODELS:
+            raise ConfigError(f"--model={self.model!r} is not one of {', '.join(MODELS)}")
         for name in ("batch", "seq", "r_max", "repeats", "steps", "eval_batches"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')}={getattr(self, name)} must be >= 1")
@@ -354,39 +356,40 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def _parse(argv: list[str]) -> tuple[Options, str | None]:
-    values: dict = {}
-    search: list[str] = []
-    child = None
-    ints = {"batch", "seq", "r_max", "repeats", "steps", "eval_batches"}
-    for arg in argv:
-        key, sep, value = arg.lstrip("-").partition("=")
-        key = key.replace("-", "_")
-        if not arg.startswith("--") or not sep:
-            raise ConfigError(f"{arg!r}: options are --name=value (see python -m dylora.lab.bench --help)")
-        if key == "child":
-            child = value
-        elif key == "search":
-            search.append(value)
-        elif key in ints:
-            try:
-                values[key] = int(value)
-            except ValueError:
-                raise ConfigError(f"{arg}: {value!r} is not a whole number") from None
-        elif key in ("model", "out", "device"):
-            values[key] = value
-        else:
-            raise ConfigError(f"unknown option {arg!r}; see python -m dylora.lab.bench --help")
-    return Options(**values, **({"search": search} if search else {})), child
+def parser() -> argparse.ArgumentParser:
+    """The command line; an option not given is left out, so that Options supplies its default."""
+    d = Options()
+    p = argparse.ArgumentParser(prog="python -m dylora.lab.bench", description=__doc__, allow_abbrev=False,
+                                formatter_class=argparse.RawDescriptionHelpFormatter, argument_default=argparse.SUPPRESS)
+    p.add_argument("--model", choices=MODELS, help=f"minilm: the bundled MiniLM-L6; tiny: a random one-layer "
+                                                    f"RoBERTa (default: {d.model})")
+    p.add_argument("--batch", type=int, metavar="N", help=f"sequences per batch (default: {d.batch})")
+    p.add_argument("--seq", type=int, metavar="N", help=f"tokens per sequence (default: {d.seq})")
+    p.add_argument("--r-max", "--r_max", dest="r_max", type=int, metavar="N",
+                   help=f"adapter rank: DyLoRA's largest, PEFT LoRA's only (default: {d.r_max})")
+    p.add_argument("--repeats", type=int, metavar="N", help=f"timed repeats of each measurement (default: {d.repeats})")
+    p.add_argument("--steps", type=int, metavar="N", help=f"training steps timed per variant per repeat (default: {d.steps})")
+    p.add_argument("--eval-batches", "--eval_batches", dest="eval_batches", type=int, metavar="N",
+                   help=f"batches of one evaluation in the sweep measurement (default: {d.eval_batches})")
+    p.add_argument("--out", metavar="PATH", help=f"where the results JSON goes (default: {d.out})")
+    p.add_argument("--device", metavar="D", help=f"auto (cuda if there is one), cpu, cuda, cuda:N (default: {d.device})")
+    p.add_argument("--search", action="append", metavar="OVERRIDE",
+                   help=f"a Hydra override of the search-cost experiment; repeat it for several, which replace "
+                        f"the default (default: {' '.join(d.search)})")
+    p.add_argument("--child", help=argparse.SUPPRESS)  # internal: the peak memory of one variant, in this process
+    return p
+
+
+def parse_options(argv: list[str] | None = None) -> tuple[Options, str | None]:
+    """(the options, the --child variant or None) of a command line."""
+    given = vars(parser().parse_args(argv))
+    child = given.pop("child", None)
+    return Options(**given), child
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    if "--help" in argv or "-h" in argv:
-        print(__doc__)
-        return
     try:
-        opts, child = _parse(argv)
+        opts, child = parse_options(argv)
         if child is not None:
             print(peak_memory_child(child, opts))
             return
