@@ -8,10 +8,10 @@ import math
 import statistics
 
 import pytest
-from helpers import REPO, run_cli, tiny_overrides
 
-from dylora.lab.bench import Options, median_iqr, parse_options, parser
 from dylora.errors import ConfigError
+from dylora.lab.bench import Options, median_iqr, parse_options, parser
+from helpers import REPO, run_cli, tiny_overrides
 
 SEARCH = tiny_overrides("task=synthetic", "task.n_train=40", "task.n_eval=16", "task.seq_len=8", "method.r_max=2")
 KEYS = ("train_step_ratio", "peak_memory_ratio", "sweep_ratio", "search_speedup")

@@ -10,13 +10,13 @@ import sys
 
 import pytest
 import torch
-from dylora.cli.compose import compose_spec
-from helpers import tiny_overrides
 from safetensors.torch import load_file
 
 from dylora import records
 from dylora.adapters import rank_schedule
+from dylora.cli.compose import compose_spec
 from dylora.runner import execute
+from helpers import tiny_overrides
 
 
 def _only_run_dir(out):

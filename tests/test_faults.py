@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from dylora.cli.compose import compose_spec
-from helpers import run_cli, tiny_overrides
 
 from dylora import records
+from dylora.cli.compose import compose_spec
 from dylora.runner import execute
 from glue_fixtures import write_glue_dir
+from helpers import run_cli, tiny_overrides
 
 STEPS = 150
 
@@ -149,11 +149,11 @@ def test_a_kill_at_any_file_operation_of_a_checkpoint_write_leaves_a_usable_chec
     """Deterministic counterpart of the random kills: die at each file operation in turn, restart,
     and the run must resume (or start over when no checkpoint was complete) to the same adapter."""
     import torch
-    from test_train import CPU, QUIET, tiny_setup, training_data
 
     from dylora.adapters import adapter_layers, rank_schedule
     from dylora.spec import TrainerSpec
     from dylora.train import train
+    from test_train import CPU, QUIET, tiny_setup, training_data
 
     trainer = TrainerSpec(batch_size=4, max_steps=4, checkpoint_every=1, warmup_ratio=0.0)
 

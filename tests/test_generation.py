@@ -6,6 +6,7 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LogitsProcessor, SuppressTokensLogitsProcessor
 
+from dylora._tiny_bpe import build_tiny_gpt2_tokenizer
 from dylora.errors import ConfigError
 from dylora.generation import (
     NoRepeatNGramOnGenerated,
@@ -15,7 +16,6 @@ from dylora.generation import (
     postprocess,
 )
 from dylora.tasks.nlg import prompt_ids
-from dylora._tiny_bpe import build_tiny_gpt2_tokenizer
 
 PROMPTS = [
     "name : Red Fox | area : city centre",

@@ -7,10 +7,10 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pytest
-from glue_fixtures import ALL_TASKS, DIR_NAMES, make_examples, split_files, write_glue_dir
 
 from dylora.errors import DataError
 from dylora.tasks.glue import GLUE_TASKS, load_glue, tokenize_glue
+from glue_fixtures import ALL_TASKS, DIR_NAMES, make_examples, split_files, write_glue_dir
 
 SHARED_GLUE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "glue"
 

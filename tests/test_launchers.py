@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from helpers import run_cli, tiny_overrides
-
-from dylora.cli.compose import compose
 
 from dylora import records
+from dylora.cli.compose import compose
 from glue_fixtures import write_glue_dir
+from helpers import run_cli, tiny_overrides
 
 
 def _launcher(name: str):

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from dylora._tiny_bpe import build_tiny_gpt2_tokenizer
 from dylora.errors import ConfigError, DataError
 from dylora.tasks.nlg import (
     IGNORE_INDEX,
@@ -21,7 +22,6 @@ from dylora.tasks.nlg import (
     select_webnlg,
     to_pairs,
 )
-from dylora._tiny_bpe import build_tiny_gpt2_tokenizer
 from nlg_fixtures import write_nlg_dir
 
 REAL_NLG = Path(__file__).resolve().parents[2] / "shared/data/nlg"

@@ -6,11 +6,10 @@ import math
 
 import pytest
 import torch
-from dylora.cli.compose import compose_spec
-from helpers import run_cli
 
 from dylora import records
 from dylora.adapters import load_adapter, merged
+from dylora.cli.compose import compose_spec
 from dylora.errors import ConfigError
 from dylora.generation import generate_batch, postprocess
 from dylora.models import load_model, load_tokenizer
@@ -18,6 +17,7 @@ from dylora.runner import execute
 from dylora.tasks import build_task
 from dylora.tasks.nlg import load_nlg
 from dylora.tasks.nlg_task import smoothed_lm_loss
+from helpers import run_cli
 from nlg_fixtures import write_nlg_dir
 
 N_ITEMS = 4  # WebNLG fixture: items 0, 2 seen, 1, 3 unseen

@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import REPO, run_cli, tiny_overrides
 
 from dylora import records
+from helpers import REPO, run_cli, tiny_overrides
 
 SOURCES = ("pyproject.toml", "README.md", "src", "conf")
 

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from dylora.lab import paper
 from dylora.errors import ConfigError, DataError
+from dylora.lab import paper
 
 REFERENCE = Path("/work/shared/reference/dylora_paper_results.csv")
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from helpers import REPO
 
 from dylora import records
 from dylora.cli.compose import compose_spec
+from helpers import REPO
 
 COMMITTED = REPO / "results" / "table1_cpu" / "records"
 

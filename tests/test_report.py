@@ -9,8 +9,8 @@ import sys
 import pandas as pd
 import pytest
 
-from dylora.lab import report
 from dylora.errors import ConfigError
+from dylora.lab import report
 from dylora.records import MetricRow, mark_done, run_dir_for, write_config, write_metrics
 
 EXPERIMENT = "glue_small"

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from dylora.cli.compose import compose_spec
-from helpers import REPO
 
-from dylora.lab import reproduce
+from dylora.cli.compose import compose_spec
 from dylora.errors import DataError
+from dylora.lab import reproduce
 from dylora.lab.reproduce import PlannedRun
 from glue_fixtures import make_examples, write_glue_dir
+from helpers import REPO
 
 RESULTS = REPO / "results" / "table1_cpu"
 

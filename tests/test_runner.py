@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from dylora.cli.compose import compose_config, compose_spec
-from helpers import run_cli, tiny_overrides
 
 from dylora import records
+from dylora.cli.compose import compose_config, compose_spec
 from dylora.errors import ConfigError
 from dylora.runner import execute
 from dylora.spec import RunSpec
 from glue_fixtures import ALL_TASKS, write_glue_dir
+from helpers import run_cli, tiny_overrides
 
 EXPECTED_METRICS = {
     "cola": {"accuracy", "matthews_correlation"},

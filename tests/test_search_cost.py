@@ -7,12 +7,12 @@ import json
 import math
 
 import pytest
-from dylora.cli.compose import compose_config
-from helpers import REPO, run_cli, tiny_overrides
 
-from dylora.lab import search_cost
+from dylora.cli.compose import compose_config
 from dylora.errors import ConfigError
+from dylora.lab import search_cost
 from dylora.lab.search_cost import RunCost, SearchCost
+from helpers import REPO, run_cli, tiny_overrides
 
 SEARCH = tiny_overrides("task=synthetic", "task.n_train=40", "task.n_eval=16", "task.seq_len=8", "method.r_max=3")
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import torch
-from dylora.cli.compose import compose_spec
 
 from dylora import adapter_layers
+from dylora.cli.compose import compose_spec
 from dylora.models import load_model, load_tokenizer
 from dylora.tasks.synthetic import make_synthetic, make_teacher
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import DataCollatorWithPadding, get_linear_schedule_with_warmup
 
-from dylora import AdapterConfig, add_adapters, adapter_layers, rank_schedule
+from dylora import AdapterConfig, adapter_layers, add_adapters, rank_schedule
 from dylora.models import load_model, load_tokenizer
 from dylora.spec import ModelSpec, TrainerSpec
 from dylora.sweep import predict

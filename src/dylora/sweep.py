@@ -10,9 +10,8 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torch import nn
 
-from dylora.progress import bar as progress_bar
-
 from dylora.adapters import merged
+from dylora.progress import bar as progress_bar
 
 
 @torch.no_grad()

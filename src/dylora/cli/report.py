@@ -17,14 +17,13 @@ from pathlib import Path
 
 import hydra
 import pandas as pd
-from hydra.utils import to_absolute_path
 from hydra.core.config_store import ConfigStore
+from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
 from dylora.cli.compose import CONF_MODULE
 from dylora.errors import ConfigError, DyLoRAError
 from dylora.lab.report import build_report
-
 
 
 def _fail(error: Exception) -> None:

@@ -32,7 +32,7 @@ from dylora.errors import ConfigError
 from dylora.generation import generate_batch, postprocess
 from dylora.records import atomic_write_text
 from dylora.tasks.base import TableMetric, TaskData, TaskKind
-from dylora.tasks.nlg import TASKS, IGNORE_INDEX, NLGItem, collate_lm, encode_for_lm, load_nlg, select_webnlg
+from dylora.tasks.nlg import IGNORE_INDEX, TASKS, NLGItem, collate_lm, encode_for_lm, load_nlg, select_webnlg
 
 OUTPUTS = "outputs"
 

@@ -11,7 +11,6 @@ from dylora.lab.report.experiments import Experiment, _task_order
 from dylora.lab.report.render import markdown_table
 from dylora.lab.report.scoring import scores
 
-
 FINDING_COLUMNS = ["task", "metric", "r_min", "r_max", "n_seeds", "lora_drop", "dylora_drop", "drop_margin",
                    "lora_avg", "dylora_avg", "gap_at_r_max", "drop_ok", "avg_ok", "r_max_ok", "holds"]
 
