@@ -1,6 +1,6 @@
 """The DyLoRA paper's published numbers, and the names that connect them to our configs.
 
-``data/paper_results.csv`` is a copy of the project's reference table (every number printed in
+``paper_results.csv`` (beside this module) is a copy of the project's reference table (every number printed in
 the EACL 2023 paper, arXiv 2210.07558 v2, and the NeurIPS 2022 ENLSP workshop version's Table 1),
 in long format: paper_version, table, model, method, task, metric, rank, value, notes. The
 ``paper_version``/``table``/``notes`` columns are kept so that every number carries its source.
