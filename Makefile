@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 RUN     := $(PY) -m dylora.run
 REPORT  := $(PY) -m dylora.cli.report
 
-.PHONY: setup java test test-fast demo clean reproduce-table1 reproduce-table1-cpu search-cost bench
+.PHONY: setup java lint test test-fast demo clean reproduce-table1 reproduce-table1-cpu search-cost bench
 
 setup: $(STAMP) java
 
@@ -24,13 +24,16 @@ java:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq default-jre-headless >/dev/null; \
 	  else echo "Java is missing: install it (Debian: sudo apt-get install default-jre-headless)"; exit 1; fi; }
 
-## the full suite, slow end-to-end tests included (what CI runs)
-test: setup
+## ruff (pyproject.toml), then the full suite, slow end-to-end tests included (what CI runs)
+test: setup lint
 	OMP_NUM_THREADS=2 $(PY) -m pytest -q $(PYTEST_ARGS)
 
 ## the suite without the slow end-to-end tests
-test-fast: setup
+test-fast: setup lint
 	OMP_NUM_THREADS=2 $(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(PY) -m ruff check src tests
 
 ## LoRA vs DyLoRA vs DyLoRA (Frozen) on the synthetic teacher task: results/demo/
 demo: setup

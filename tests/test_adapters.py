@@ -127,7 +127,8 @@ def test_parameter_count_and_freezing():
     assert all("lora_" in n or n.startswith("classifier.") for n in trainable)
     gpt = tiny_gpt2()
     add_adapters(gpt, AdapterConfig(r_max=R_MAX))
-    assert trainable_parameters(gpt) == {"adapter": 2 * LAYERS * R_MAX * (D + D), "head": 0, "total": 2 * LAYERS * R_MAX * 2 * D}
+    assert trainable_parameters(gpt) == {"adapter": 2 * LAYERS * R_MAX * (D + D), "head": 0,
+                                         "total": 2 * LAYERS * R_MAX * 2 * D}
 
 
 # ---------------------------------------------------------------------------- update rules

@@ -37,7 +37,8 @@ def test_a_full_command_line_is_parsed_to_its_options():
 def test_options_not_given_are_the_dataclass_defaults():
     assert parse_options([]) == (Options(), None)
     # both spellings of the two-word options, as before argparse
-    assert parse_options(["--r_max=3", "--eval_batches=2"])[0] == parse_options(["--r-max", "3", "--eval-batches", "2"])[0]
+    assert (parse_options(["--r_max=3", "--eval_batches=2"])[0]
+            == parse_options(["--r-max", "3", "--eval-batches", "2"])[0])
     assert parse_options(["--r_max=3"])[0].r_max == 3
     help_text = parser().format_help()
     assert "--r-max" in help_text and "--search" in help_text and "--child" not in help_text

@@ -30,7 +30,8 @@ def fault_args(tmp_path_factory) -> list[str]:
     # 300 evaluation rows x 8 ranks: a rank sweep long enough (~0.5 s) to be killed in; dropout on so
     # that a resumed run is bit-identical only if the RNG state is restored too.
     glue = write_glue_dir(tmp_path_factory.mktemp("glue-faults"), tasks=("sst2",), n_train=40, n_dev=300)
-    return tiny_overrides("task=sst2", f"data.glue_dir={glue}", f"trainer.max_steps={STEPS}", "trainer.checkpoint_every=1",
+    return tiny_overrides("task=sst2", f"data.glue_dir={glue}", f"trainer.max_steps={STEPS}",
+                          "trainer.checkpoint_every=1",
                           "data.max_train_samples=40", "data.max_eval_samples=null", "method.r_max=8",
                           "++model.tiny.hidden_dropout_prob=0.1")
 
@@ -42,7 +43,8 @@ def reference(fault_args, tmp_path_factory) -> Path:
 
 
 def start(args: list[str], cwd: Path, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}  # as the in-process reference: bitwise equal sums
+    # threads as the in-process reference: bitwise equal sums
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     with log.open("w") as stderr:
         return subprocess.Popen([sys.executable, "-m", "dylora.run", *args], cwd=cwd, env=env,
                                 stdout=subprocess.DEVNULL, stderr=stderr)
@@ -82,7 +84,8 @@ def assert_same_record(run_dir: Path, reference: Path) -> None:
 
     assert records.verify_done(run_dir)
     assert (run_dir / records.METRICS).read_bytes() == (reference / records.METRICS).read_bytes()
-    with safe_open(str(run_dir / records.ADAPTER), "pt") as got, safe_open(str(reference / records.ADAPTER), "pt") as want:
+    with (safe_open(str(run_dir / records.ADAPTER), "pt") as got,
+          safe_open(str(reference / records.ADAPTER), "pt") as want):
         assert got.metadata() == want.metadata() and sorted(got.keys()) == sorted(want.keys())
         assert all(torch.equal(got.get_tensor(k), want.get_tensor(k)) for k in want.keys())
     assert not (run_dir / records.CHECKPOINT).exists()
@@ -109,7 +112,8 @@ def test_kills_at_random_moments_with_a_checkpoint_every_step_resume_bit_identic
         proc.wait()
         assert not list(out.rglob(records.DONE)), "killed after the run had finished: the test proves nothing"
         if attempt:
-            assert "resuming from step" in log.read_text() and "unusable" not in log.read_text(), log.read_text()[-2000:]
+            assert ("resuming from step" in log.read_text()
+                    and "unusable" not in log.read_text()), log.read_text()[-2000:]
     assert kills == 2, "the run ended before it could be killed twice"
     run_dir = execute(compose_spec(args), progress=False)  # the last restart, in this process to save a start-up
     err = capsys.readouterr().err
@@ -261,7 +265,8 @@ def test_unreachable_wandb_never_stops_a_run(tmp_path, glue_dir):
         "WANDB_CACHE_DIR": str(tmp_path / "wandb-cache"), "WANDB_DATA_DIR": str(tmp_path / "wandb-data"),
     }
     start_time = time.perf_counter()
-    result = run_cli([*tiny_overrides("task=sst2", f"data.glue_dir={glue_dir}", f"out_dir={tmp_path / 'exp'}", "logger=wandb")],
+    result = run_cli([*tiny_overrides("task=sst2", f"data.glue_dir={glue_dir}", f"out_dir={tmp_path / 'exp'}",
+                                      "logger=wandb")],
                      cwd=tmp_path, env=env, timeout=120)
     seconds = time.perf_counter() - start_time
     assert result.returncode == 0, result.stderr[-3000:]

@@ -21,7 +21,8 @@ def test_launcher_presets_select_the_installed_plugins():
     slurm = _launcher("slurm")
     assert slurm._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
     assert slurm.max_num_timeout > 0  # a job that times out is requeued: runs resume from their checkpoint
-    assert slurm.tasks_per_node == 1 and slurm.submitit_folder.startswith("experiments/.hydra/multirun/")  # under out_dir
+    # submitit's folder is under out_dir
+    assert slurm.tasks_per_node == 1 and slurm.submitit_folder.startswith("experiments/.hydra/multirun/")
 
 
 @pytest.mark.slow
@@ -30,8 +31,8 @@ def test_local_parallel_multirun_finishes_the_good_job_and_exits_non_zero_on_the
     with open(glue / "CoLA" / "train.tsv", "a") as f:
         f.write("a row without its label\n")
     out = tmp_path / "exp"
-    result = run_cli(["-m", "hydra/launcher=local_parallel", "task=cola,sst2", f"data.glue_dir={glue}", f"out_dir={out}",
-                      *tiny_overrides()], cwd=tmp_path)
+    result = run_cli(["-m", "hydra/launcher=local_parallel", "task=cola,sst2", f"data.glue_dir={glue}",
+                      f"out_dir={out}", *tiny_overrides()], cwd=tmp_path)
     assert result.returncode == 1, result.stderr[-3000:]
     assert "CoLA/train.tsv, line 9" in result.stderr and "task=cola" in result.stderr
     assert "Traceback" not in result.stderr

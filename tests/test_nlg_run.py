@@ -39,7 +39,8 @@ def nlg_overrides(task: str, nlg_dir, out_dir, *extra: str) -> list[str]:
 
 def test_nlg_paper_experiment_is_the_papers_gpt2_setting():
     spec = compose_spec(["experiment=nlg_paper", "task=webnlg"])
-    assert (spec.model.hub_id, spec.model.family, spec.model.max_length) == ("openai-community/gpt2-medium", "decoder", 512)
+    assert (spec.model.hub_id, spec.model.family, spec.model.max_length) == (
+        "openai-community/gpt2-medium", "decoder", 512)
     t = spec.trainer
     assert (t.epochs, t.batch_size, t.lr, t.weight_decay, t.warmup_steps, t.label_smoothing, t.max_grad_norm) == (
         5, 8, 2e-4, 0.01, 500, 0.1, None)
@@ -163,7 +164,8 @@ def test_bad_decoding_settings_name_the_value():
 
 @pytest.mark.slow
 def test_cli_missing_nlg_files_fail_with_one_line(tmp_path):
-    result = run_cli(["model=tiny-gpt2", "task=dart", f"data.nlg_dir={tmp_path / 'none'}", f"out_dir={tmp_path / 'exp'}"],
+    result = run_cli(["model=tiny-gpt2", "task=dart", f"data.nlg_dir={tmp_path / 'none'}",
+                      f"out_dir={tmp_path / 'exp'}"],
                      cwd=tmp_path)
     assert result.returncode == 1, result.stderr[-2000:]
     assert "dart-v1.1.1-full-train.json not found" in result.stderr, result.stderr[-2000:]

@@ -47,7 +47,8 @@ def test_a_wheel_install_composes_runs_and_reports_from_another_directory(wheel_
     where = run_cli(["-c", "import dylora.conf, dylora.lab; print(dylora.conf.__file__)"], cwd=elsewhere, env=env,
                     command=[sys.executable])
     assert where.returncode == 0 and Path(where.stdout.strip()).is_relative_to(wheel_site), where.stdout + where.stderr
-    assert (wheel_site / "dylora" / "py.typed").is_file() and (wheel_site / "dylora" / "lab" / "paper_results.csv").is_file()
+    assert ((wheel_site / "dylora" / "py.typed").is_file()
+            and (wheel_site / "dylora" / "lab" / "paper_results.csv").is_file())
 
     out = tmp_path / "exp"
     job = tiny_overrides("task=sst2", f"data.glue_dir={glue_dir}", f"out_dir={out}")

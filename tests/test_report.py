@@ -280,7 +280,8 @@ def test_finding_flags_equal_sums_by_hand(results, tmp_path):
     write_run(tmp_path, "rte", "dylora", 0)  # no LoRA run to compare with: named, not compared
     exp = report.load_experiments(tmp_path)[EXPERIMENT]
     report.write_finding(exp, tmp_path)
-    assert "Not compared (no finished LoRA and DyLoRA runs over the same ranks): rte." in (tmp_path / "finding.md").read_text()
+    assert ("Not compared (no finished LoRA and DyLoRA runs over the same ranks): rte."
+            in (tmp_path / "finding.md").read_text())
     row = report.paper_finding(exp).iloc[0]
     margin, lora_avg, dylora_avg, gap_after = finding_by_hand("cola", dylora_bump=-gap)
     assert abs(gap_after) < 1e-9 and row["gap_at_r_max"] == pytest.approx(gap_after, abs=1e-9)
@@ -410,8 +411,10 @@ def test_nlg_tables_scale_each_metric_per_task_beside_the_paper(tmp_path):
         return scale * statistics.mean(nlg_value(task, metric, method, s, rank) for s in (10, 42))
 
     t6, t9 = pd.read_csv(res / "table6.csv"), pd.read_csv(res / "table9.csv")
-    assert nlg_cell(t6, "dylora", 2, "ours", "e2e", "test", "bleu")["mean"] == pytest.approx(mean("e2e", "bleu", "dylora", 2, 100))
-    assert nlg_cell(t6, "dylora", 2, "ours", "e2e", "test", "nist")["mean"] == pytest.approx(mean("e2e", "nist", "dylora", 2, 1))
+    assert (nlg_cell(t6, "dylora", 2, "ours", "e2e", "test", "bleu")["mean"]
+            == pytest.approx(mean("e2e", "bleu", "dylora", 2, 100)))
+    assert (nlg_cell(t6, "dylora", 2, "ours", "e2e", "test", "nist")["mean"]
+            == pytest.approx(mean("e2e", "nist", "dylora", 2, 1)))
     assert nlg_cell(t6, "dylora", 1, "paper", "e2e", "test", "bleu")["mean"] == 68.86  # EACL Table 6, printed x100
     ours = nlg_cell(t6, "lora", 1, "ours", "e2e", "test", "rouge_l")["mean"]
     assert nlg_cell(t6, "lora", 1, "delta", "e2e", "test", "rouge_l")["mean"] == pytest.approx(ours - 18.79)

@@ -30,7 +30,8 @@ def small_glue(tmp_path_factory) -> Path:
 def test_expand_is_the_cartesian_product_of_the_sweeps():
     jobs = reproduce.expand(["experiment=table1_cpu", "task=rte,cola", "method=lora,dylora", "seed=1"])
     assert sorted(map(tuple, jobs)) == sorted(
-        ("experiment=table1_cpu", f"task={t}", f"method={m}", "seed=1") for t in ("rte", "cola") for m in ("lora", "dylora")
+        ("experiment=table1_cpu", f"task={t}", f"method={m}", "seed=1")
+        for t in ("rte", "cola") for m in ("lora", "dylora")
     )
 
 
@@ -63,7 +64,8 @@ def test_plan_counts_sequences_from_the_composed_config(small_glue, tmp_path, ex
 def test_plan_sees_finished_runs(small_glue, tmp_path):
     from dylora import records
 
-    args = ["experiment=table1_cpu", "task=rte", "method=lora", "seed=1", f"data.glue_dir={small_glue}", f"out_dir={tmp_path}"]
+    args = ["experiment=table1_cpu", "task=rte", "method=lora", "seed=1", f"data.glue_dir={small_glue}",
+            f"out_dir={tmp_path}"]
     run_dir = records.run_dir_for(tmp_path, compose_spec(args).config)  # where the runner writes it
     run_dir.mkdir(parents=True)
     (run_dir / records.DONE).write_text("{}")
@@ -80,7 +82,8 @@ def test_estimate_sums_the_runs_left_at_the_assumed_rates():
 
 
 def test_missing_task_files_stop_it_with_one_message_naming_them(small_glue, tmp_path, capsys):
-    args = ["experiment=table1_cpu", "task=rte,mrpc,qqp", "method=lora", f"data.glue_dir={small_glue}", f"out_dir={tmp_path}"]
+    args = ["experiment=table1_cpu", "task=rte,mrpc,qqp", "method=lora", f"data.glue_dir={small_glue}",
+            f"out_dir={tmp_path}"]
     with pytest.raises(DataError) as err:
         reproduce.plan(args)
     for name in ("MRPC/train.tsv", "MRPC/dev.tsv", "QQP/train.tsv", "QQP/dev.tsv"):
@@ -92,7 +95,8 @@ def test_missing_task_files_stop_it_with_one_message_naming_them(small_glue, tmp
 
 
 def test_model_path_must_be_a_folder(small_glue, tmp_path, capsys):
-    args = ["experiment=table1", "task=rte", "method=lora", f"data.glue_dir={small_glue}", f"model.path={tmp_path}/none"]
+    args = ["experiment=table1", "task=rte", "method=lora", f"data.glue_dir={small_glue}",
+            f"model.path={tmp_path}/none"]
     assert reproduce.main(args) == 1
     assert "model.path=" in capsys.readouterr().err
 
@@ -123,7 +127,8 @@ def _make(target: str, *variables: str, cwd: Path) -> subprocess.CompletedProces
 def test_make_reproduce_table1_cpu_runs_plans_and_reports(tmp_path):
     glue = write_glue_dir(tmp_path / "glue", tasks=("rte",), n_train=16, n_dev=8)
     out, res = tmp_path / "exp", tmp_path / "res"
-    tiny = "trainer.max_steps=2 trainer.batch_size=4 trainer.eval_batch_size=8 model.max_length=32 method.eval_ranks=[1,8]"
+    tiny = ("trainer.max_steps=2 trainer.batch_size=4 trainer.eval_batch_size=8 model.max_length=32 "
+            "method.eval_ranks=[1,8]")
     result = _make("reproduce-table1-cpu", f"GLUE_DIR={glue}", "TASKS=rte", f"OUT_DIR={out}", f"RESULTS_DIR={res}",
                    f"OVERRIDES={tiny}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]

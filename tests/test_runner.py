@@ -38,7 +38,8 @@ def only_run(root: Path) -> records.RunRecord:
 @pytest.mark.slow
 def test_multirun_over_all_eight_glue_formats_writes_complete_records(tmp_path, glue_dir):
     out = tmp_path / "exp"
-    result = run_cli(["-m", f"task={','.join(ALL_TASKS)}", f"data.glue_dir={glue_dir}", f"out_dir={out}", *tiny_overrides()],
+    result = run_cli(["-m", f"task={','.join(ALL_TASKS)}", f"data.glue_dir={glue_dir}", f"out_dir={out}",
+                      *tiny_overrides()],
                      cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     runs = {r.task: r for r in records.iter_runs(out)}
@@ -65,7 +66,8 @@ def test_identical_configuration_is_skipped(tmp_path, glue_dir, capsys):
     assert execute(spec, progress=False) == run_dir
     assert "skip:" in capsys.readouterr().err
     assert {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir()} == stamps
-    other = compose_spec(tiny_overrides("task=sst2", f"data.glue_dir={glue_dir}", f"out_dir={tmp_path}", "method.alpha=8"))
+    other = compose_spec(tiny_overrides("task=sst2", f"data.glue_dir={glue_dir}", f"out_dir={tmp_path}",
+                                        "method.alpha=8"))
     assert records.run_dir_for(tmp_path, other.config) != run_dir  # a variant never collides
 
 
@@ -78,7 +80,8 @@ def test_run_directory_name_ignores_output_paths(glue_dir):
 
 @pytest.mark.slow
 def test_sigkilled_run_resumes_and_ends_with_identical_metrics(tmp_path, glue_dir):
-    args = tiny_overrides("task=sst2", f"data.glue_dir={glue_dir}", "trainer.max_steps=60", "trainer.checkpoint_every=5",
+    args = tiny_overrides("task=sst2", f"data.glue_dir={glue_dir}", "trainer.max_steps=60",
+                          "trainer.checkpoint_every=5",
                           "data.max_train_samples=40", "++model.tiny.hidden_dropout_prob=0.1")
     reference = execute(compose_spec([*args, f"out_dir={tmp_path / 'reference'}"]), progress=False)
 
@@ -115,7 +118,8 @@ def test_wandb_offline_run_holds_the_rank_table(tmp_path, glue_dir, monkeypatch)
     assert len(offline) == 1
     tables = list(offline[0].rglob("*.table.json"))
     assert tables, "no W&B table was written"
-    full = [json.loads(t.read_text()) for t in tables if json.loads(t.read_text())["columns"] == ["rank", "split", "metric", "value"]]
+    full = [json.loads(t.read_text()) for t in tables
+            if json.loads(t.read_text())["columns"] == ["rank", "split", "metric", "value"]]
     assert full and sorted({row[0] for row in full[0]["data"]}) == [1, 2]
     import wandb
 
@@ -170,13 +174,15 @@ def test_bad_input_stops_with_one_clear_message_and_keeps_finished_results(tmp_p
     finished = only_run(out)
     stamps = {p.name: p.stat().st_mtime_ns for p in finished.path.iterdir()}
 
-    cases = {name: ([f"task={task}", f"data.glue_dir={d}"], fragment) for name, (d, task, fragment) in _bad_glue_dirs(tmp_path).items()}
+    cases = {name: ([f"task={task}", f"data.glue_dir={d}"], fragment)
+             for name, (d, task, fragment) in _bad_glue_dirs(tmp_path).items()}
     cases["unknown model"] = (["model=gpt5"], "tiny-roberta")
     cases["unknown task"] = (["task=squad"], "sst2")
     cases["unknown method"] = (["method=dora"], "dylora_frozen")
     cases["r_min > r_max"] = (["method.r_min=3", f"data.glue_dir={glue_dir}"], "r_min=3 is larger than r_max=2")
     cases["eval rank outside"] = (["method.eval_ranks=[5]", f"data.glue_dir={glue_dir}"], "eval_ranks=[5]")
-    cases["NaN loss"] = ([f"data.glue_dir={glue_dir}", "trainer.lr=1e30", "trainer.max_grad_norm=null", "trainer.max_steps=20"],
+    cases["NaN loss"] = ([f"data.glue_dir={glue_dir}", "trainer.lr=1e30", "trainer.max_grad_norm=null",
+                          "trainer.max_steps=20"],
                          "the training loss became nan")
     for name, (extra, fragment) in cases.items():
         result = run_cli([*tiny_overrides(*extra), f"out_dir={out}"], cwd=tmp_path)
@@ -226,7 +232,8 @@ def test_init_from_takes_the_finished_mnli_adapter_and_refuses_when_it_is_missin
     from dylora.models import load_model, load_tokenizer
     from dylora.runner import _init_from
 
-    mrpc = compose_spec(tiny_overrides("task=mrpc", f"data.glue_dir={glue_dir}", f"out_dir={tmp_path}", "+trainer.per_task.mrpc.init_from=mnli"))
+    mrpc = compose_spec(tiny_overrides("task=mrpc", f"data.glue_dir={glue_dir}", f"out_dir={tmp_path}",
+                                       "+trainer.per_task.mrpc.init_from=mnli"))
     assert mrpc.trainer.init_from == "mnli"  # per_task values apply to their task only
 
     def fresh_model():
@@ -235,7 +242,8 @@ def test_init_from_takes_the_finished_mnli_adapter_and_refuses_when_it_is_missin
 
     with pytest.raises(ConfigError, match="run task=mnli first"):
         _init_from(mrpc, fresh_model())
-    mnli_dir = execute(compose_spec(tiny_overrides("task=mnli", f"data.glue_dir={glue_dir}", f"out_dir={tmp_path}")), progress=False)
+    mnli_dir = execute(compose_spec(tiny_overrides("task=mnli", f"data.glue_dir={glue_dir}", f"out_dir={tmp_path}")),
+                       progress=False)
     model = fresh_model()
     _init_from(mrpc, model)
     saved = load_file(str(mnli_dir / records.ADAPTER))

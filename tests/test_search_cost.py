@@ -33,8 +33,10 @@ def test_search_specs_refuse_a_lora_config():
 
 
 def _cost(lora_train, lora_sweep, dy_train, dy_sweep, lora_best, dy_best) -> SearchCost:
-    lora = [RunCost("lora", r, t, s, r, v, f"l{r}") for r, (t, s, v) in enumerate(zip(lora_train, lora_sweep, lora_best), 1)]
-    return SearchCost("synthetic", "validation", "accuracy", len(lora), lora, RunCost("dylora", len(lora), dy_train, dy_sweep, 2, dy_best, "d"))
+    lora = [RunCost("lora", r, t, s, r, v, f"l{r}")
+            for r, (t, s, v) in enumerate(zip(lora_train, lora_sweep, lora_best), 1)]
+    return SearchCost("synthetic", "validation", "accuracy", len(lora), lora,
+                      RunCost("dylora", len(lora), dy_train, dy_sweep, 2, dy_best, "d"))
 
 
 def test_summary_sums_the_runs_and_divides():
@@ -58,7 +60,8 @@ def test_a_full_command_line_is_parsed_to_overrides_and_options():
     assert args.overrides == ["experiment=search_cost_cpu", "trainer.lr=1e-3", "+extra=1"]
     assert (args.results, args.split, args.metric) == ("out/tables", "validation", "f1")
     defaults = search_cost.parser().parse_intermixed_args(["a=1"])
-    assert (defaults.overrides, defaults.results, defaults.split, defaults.metric) == (["a=1"], search_cost.RESULTS_DIR, None, None)
+    assert (defaults.overrides, defaults.results, defaults.split, defaults.metric) == (
+        ["a=1"], search_cost.RESULTS_DIR, None, None)
 
 
 def test_unknown_option_is_a_usage_error(capsys):
@@ -81,7 +84,8 @@ def test_cli_tables_total_the_runs_measured_seconds(tmp_path):
     summary = json.loads((results / "search_cost.json").read_text())["summary"]
     lora_total = sum(e["train_seconds"] + e["sweep_seconds"] for e in lora.values())
     assert summary["lora_total_seconds"] == pytest.approx(lora_total, rel=1e-12)
-    assert summary["dylora_total_seconds"] == pytest.approx(dylora[0]["train_seconds"] + dylora[0]["sweep_seconds"], rel=1e-12)
+    assert summary["dylora_total_seconds"] == pytest.approx(dylora[0]["train_seconds"] + dylora[0]["sweep_seconds"],
+                                                            rel=1e-12)
     assert summary["speedup"] == pytest.approx(lora_total / summary["dylora_total_seconds"])
     best = max(json.loads(line)["value"] for d in lora for line in (d / "metrics.jsonl").read_text().splitlines()
                if json.loads(line)["metric"] == "accuracy")

@@ -21,7 +21,8 @@ def test_teacher_update_has_the_designed_singular_values():
     rank, strength = 4, 1.5
     teacher = make_teacher(base, None, rank, strength)
     layers = list(adapter_layers(teacher))
-    assert [n for n, _ in layers] == ["roberta.encoder.layer.0.attention.self.query", "roberta.encoder.layer.0.attention.self.value"]
+    assert [n for n, _ in layers] == ["roberta.encoder.layer.0.attention.self.query",
+                                      "roberta.encoder.layer.0.attention.self.value"]
     for _, layer in layers:
         w0 = layer.base.weight.detach()
         delta = layer.delta_weight(rank).detach()  # scale alpha/rank = 1

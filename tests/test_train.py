@@ -32,7 +32,8 @@ def test_each_epoch_visits_every_example_once_in_a_seeded_order():
     per_epoch, total = total_steps(n, trainer)
     assert (per_epoch, total) == (3, 6)  # ceil(21 / 8)
     for epoch in range(2):
-        seen = [i for s in range(epoch * per_epoch, (epoch + 1) * per_epoch) for b in step_indices(n, s, per_epoch, trainer, 5) for i in b]
+        seen = [i for s in range(epoch * per_epoch, (epoch + 1) * per_epoch)
+                for b in step_indices(n, s, per_epoch, trainer, 5) for i in b]
         assert sorted(seen) == list(range(n))
     first = [step_indices(n, s, per_epoch, trainer, 5) for s in range(per_epoch)]
     assert first == [step_indices(n, s, per_epoch, trainer, 5) for s in range(per_epoch)]
@@ -80,7 +81,8 @@ def tiny_setup(method: str = "dylora"):
     torch.manual_seed(0)
     add_adapters(model, AdapterConfig(method=method, r_max=4, alpha=8))
     gen = torch.Generator().manual_seed(0)
-    rows = [{"input_ids": [101, *torch.randint(1000, 2000, (6,), generator=gen).tolist(), 102], "labels": i % 2} for i in range(16)]
+    rows = [{"input_ids": [101, *torch.randint(1000, 2000, (6,), generator=gen).tolist(), 102], "labels": i % 2}
+            for i in range(16)]
     return model, DataCollatorWithPadding(tokenizer), rows
 
 

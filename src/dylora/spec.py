@@ -208,6 +208,7 @@ def _check_family(model: ModelSpec, task: TaskSpec) -> None:
     if model.family != wanted:
         example = "gpt2-medium or tiny-gpt2" if wanted == "decoder" else "roberta-base or tiny-roberta"
         raise ConfigError(
-            f"task={task.name} ({task.kind}) needs a model of family {wanted}, but model={model.name} is a {model.family}: "
+            f"task={task.name} ({task.kind}) needs a model of family {wanted}, "
+            f"but model={model.name} is a {model.family}: "
             f"pick e.g. model={example}"
         )

@@ -15,7 +15,8 @@ from dylora.progress import bar as progress_bar
 
 
 @torch.no_grad()
-def predict(model: nn.Module, dataset: Sequence[dict], collate: Callable, batch_size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+def predict(model: nn.Module, dataset: Sequence[dict], collate: Callable, batch_size: int,
+            device) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits, labels) over ``dataset``, in order. Batches take the rows shortest first, so each pads
     to lengths alike (the rank sweep runs every split r_max times); the outputs return to dataset order."""
     model.eval()

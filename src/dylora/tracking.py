@@ -60,8 +60,10 @@ class WandbTracker(Tracker):
         table = wandb.Table(columns=["rank", "split", "metric", "value"], data=[list(r) for r in rows])
         logged: dict[str, Any] = {"rank_curve/table": table}
         for split, metric in sorted({(r[1], r[2]) for r in rows}):
-            curve = wandb.Table(columns=["rank", metric], data=[[r[0], r[3]] for r in rows if (r[1], r[2]) == (split, metric)])
-            logged[f"rank_curve/{split}/{metric}"] = wandb.plot.line(curve, "rank", metric, title=f"{metric} ({split}) by rank")
+            curve = wandb.Table(columns=["rank", metric],
+                                data=[[r[0], r[3]] for r in rows if (r[1], r[2]) == (split, metric)])
+            logged[f"rank_curve/{split}/{metric}"] = wandb.plot.line(curve, "rank", metric,
+                                                                     title=f"{metric} ({split}) by rank")
         self.run.log(logged)
 
     def finish(self) -> None:

@@ -110,7 +110,8 @@ def step_indices(n: int, step: int, per_epoch: int, trainer: TrainerSpec, seed: 
     else:
         order = get_length_grouped_indices(lengths, global_batch, generator=generator)
     start = pos * global_batch
-    batches = [order[start + i * trainer.batch_size : start + (i + 1) * trainer.batch_size] for i in range(trainer.grad_accum)]
+    batches = [order[start + i * trainer.batch_size : start + (i + 1) * trainer.batch_size]
+               for i in range(trainer.grad_accum)]
     return [b for b in batches if b]
 
 
@@ -240,7 +241,8 @@ def load_checkpoint(directory: Path, model: nn.Module, optimizer: torch.optim.Op
             meta = f.metadata()
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
-        tqdm.write(f"warning: checkpoint in {directory} is unusable ({e}); training starts from the beginning", file=sys.stderr)
+        tqdm.write(f"warning: checkpoint in {directory} is unusable ({e}); training starts from the beginning",
+                   file=sys.stderr)
         return False
     state = adapter_state_dict(model)
     with torch.no_grad():

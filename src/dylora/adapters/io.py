@@ -102,7 +102,8 @@ def load_lora_weights(model: nn.Module, path: str | Path) -> None:
     """Copy only A and B from a dynamic adapter file into ``model``'s adapters (not the head):
     to start one task from another's adapter."""
     if read_adapter_config(path).r_max != adapter_config(model).r_max:
-        raise ConfigError(f"{path} has r_max {read_adapter_config(path).r_max}, this model's adapters {adapter_config(model).r_max}")
+        raise ConfigError(f"{path} has r_max {read_adapter_config(path).r_max}, "
+                          f"this model's adapters {adapter_config(model).r_max}")
     with safe_open(str(path), framework="pt") as f:
         _copy_lora(model, f.get_tensor)
 

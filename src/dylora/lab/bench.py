@@ -216,8 +216,8 @@ def _reset_peak_rss() -> int:
 def peak_memory(opts: Options) -> dict[str, int]:
     peaks = {}
     for variant in ("none", "dylora", "peft"):
-        args = [sys.executable, "-m", "dylora.lab.bench", f"--child={variant}", f"--model={opts.model}", f"--batch={opts.batch}",
-                f"--seq={opts.seq}", f"--r-max={opts.r_max}", f"--device={opts.device}"]
+        args = [sys.executable, "-m", "dylora.lab.bench", f"--child={variant}", f"--model={opts.model}",
+                f"--batch={opts.batch}", f"--seq={opts.seq}", f"--r-max={opts.r_max}", f"--device={opts.device}"]
         # glibc otherwise raises its mmap threshold as tensors are freed and keeps freed memory for
         # reuse, which hides later allocations from the peak RSS
         env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
@@ -334,11 +334,13 @@ def table(result: dict) -> str:
     s = raw["train_step"]
     targets = {**TARGETS, "search_speedup": (">=", round(0.9 * result["search_r_max"], 2))}
     rows = [
-        ("train_step_ratio", f"median of {s['dylora']['n']} paired ratios (IQR {raw['train_step_paired_ratio']['iqr']:.3f}); "
+        ("train_step_ratio", f"median of {s['dylora']['n']} paired ratios "
+                             f"(IQR {raw['train_step_paired_ratio']['iqr']:.3f}); "
                              f"dylora {s['dylora']['median'] * 1e3:.1f} ms (IQR {s['dylora']['iqr'] * 1e3:.1f}), "
                              f"peft {s['peft']['median'] * 1e3:.1f} ms (IQR {s['peft']['iqr'] * 1e3:.1f})"),
         ("peak_memory_ratio", f"dylora +{raw['memory_over_baseline_bytes']['dylora'] / 2**20:.1f} MiB / "
-                              f"peft +{raw['memory_over_baseline_bytes']['peft'] / 2**20:.1f} MiB over the head-only baseline"),
+                              f"peft +{raw['memory_over_baseline_bytes']['peft'] / 2**20:.1f} MiB "
+                              "over the head-only baseline"),
         ("sweep_ratio", f"sweep 1..{result['r_max']} {raw['sweep_total_seconds']:.3f} s / {result['r_max']} x "
                         f"one plain evaluation {raw['plain_eval_seconds']:.3f} s"),
         ("search_speedup", f"{raw['search']['summary']['lora_trainings']} LoRA trainings "
@@ -360,7 +362,8 @@ def parser() -> argparse.ArgumentParser:
     """The command line; an option not given is left out, so that Options supplies its default."""
     d = Options()
     p = argparse.ArgumentParser(prog="python -m dylora.lab.bench", description=__doc__, allow_abbrev=False,
-                                formatter_class=argparse.RawDescriptionHelpFormatter, argument_default=argparse.SUPPRESS)
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                argument_default=argparse.SUPPRESS)
     p.add_argument("--model", choices=MODELS, help=f"minilm: the bundled MiniLM-L6; tiny: a random one-layer "
                                                     f"RoBERTa (default: {d.model})")
     p.add_argument("--batch", type=int, metavar="N", help=f"sequences per batch (default: {d.batch})")
@@ -368,11 +371,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--r-max", "--r_max", dest="r_max", type=int, metavar="N",
                    help=f"adapter rank: DyLoRA's largest, PEFT LoRA's only (default: {d.r_max})")
     p.add_argument("--repeats", type=int, metavar="N", help=f"timed repeats of each measurement (default: {d.repeats})")
-    p.add_argument("--steps", type=int, metavar="N", help=f"training steps timed per variant per repeat (default: {d.steps})")
+    p.add_argument("--steps", type=int, metavar="N",
+                   help=f"training steps timed per variant per repeat (default: {d.steps})")
     p.add_argument("--eval-batches", "--eval_batches", dest="eval_batches", type=int, metavar="N",
                    help=f"batches of one evaluation in the sweep measurement (default: {d.eval_batches})")
     p.add_argument("--out", metavar="PATH", help=f"where the results JSON goes (default: {d.out})")
-    p.add_argument("--device", metavar="D", help=f"auto (cuda if there is one), cpu, cuda, cuda:N (default: {d.device})")
+    p.add_argument("--device", metavar="D",
+                   help=f"auto (cuda if there is one), cpu, cuda, cuda:N (default: {d.device})")
     p.add_argument("--search", action="append", metavar="OVERRIDE",
                    help=f"a Hydra override of the search-cost experiment; repeat it for several, which replace "
                         f"the default (default: {' '.join(d.search)})")

@@ -178,7 +178,8 @@ def describe(configs: list[dict[str, Any]], runs: list[PlannedRun]) -> str:
     done = sum(r.done for r in runs)
     lines = [
         f"plan: experiment {first['experiment']}: {len(runs)} runs ({done} already finished, skipped) = "
-        f"{len({r.task for r in runs})} tasks x {len({r.method for r in runs})} methods x {len({r.seed for r in runs})} seeds",
+        f"{len({r.task for r in runs})} tasks x {len({r.method for r in runs})} methods x "
+        f"{len({r.seed for r in runs})} seeds",
         f"  tasks:   {', '.join(dict.fromkeys(r.task for r in runs))}",
         f"  methods: {', '.join(dict.fromkeys(r.method for r in runs))}",
         f"  seeds:   {', '.join(map(str, dict.fromkeys(r.seed for r in runs)))}",

@@ -150,7 +150,8 @@ def _rows(cost: SearchCost) -> list[dict]:
 def markdown(cost: SearchCost) -> str:
     s = cost.summary()
     lines = [
-        f"# Search cost: LoRA at every rank 1..{s['r_max']} vs one DyLoRA run ({s['task']}, {s['split']} {s['metric']})",
+        f"# Search cost: LoRA at every rank 1..{s['r_max']} vs one DyLoRA run "
+        f"({s['task']}, {s['split']} {s['metric']})",
         "",
         "| run | trained r_max | train s | rank sweep s | total s | best rank | best value |",
         "|---|---:|---:|---:|---:|---:|---:|",

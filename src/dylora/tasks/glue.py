@@ -315,7 +315,8 @@ def build(spec, base, tokenizer, device, run_dir=None) -> TaskData:
     def score(logits, labels) -> dict[str, float]:
         return glue_metrics(name, logits_to_predictions(name, logits), labels.numpy())
 
-    return TaskData(train, collate, classification_evaluator(tokenized, collate, score, spec.trainer.eval_batch_size, device))
+    return TaskData(train, collate,
+                    classification_evaluator(tokenized, collate, score, spec.trainer.eval_batch_size, device))
 
 
 KIND = TaskKind("glue", "encoder", NoOptions, lambda task: get_task(task.name).num_labels, build, table_metric)

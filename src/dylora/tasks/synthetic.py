@@ -37,7 +37,8 @@ def _orthonormal(rows: int, cols: int, gen: torch.Generator) -> torch.Tensor:
 def make_teacher(base: nn.Module, target_modules: list[str] | None, rank: int, strength: float) -> nn.Module:
     """A copy of ``base`` with a hidden rank-``rank`` update on every targeted matrix."""
     teacher = copy.deepcopy(base).eval()
-    add_adapters(teacher, AdapterConfig(method="lora", r_max=rank, alpha=rank, target_modules=target_modules, modules_to_save=[]))
+    add_adapters(teacher, AdapterConfig(method="lora", r_max=rank, alpha=rank, target_modules=target_modules,
+                                        modules_to_save=[]))
     gen = torch.Generator().manual_seed(DATA_SEED)
     sigma = torch.tensor([2.0 ** (-i / 2) for i in range(rank)])
     for _, layer in adapter_layers(teacher):
@@ -61,10 +62,12 @@ def random_inputs(n: int, seq_len: int, tokenizer, gen: torch.Generator) -> dict
 
 
 @torch.no_grad()
-def teacher_labels(teacher: nn.Module, inputs: dict[str, torch.Tensor], batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+def teacher_labels(teacher: nn.Module, inputs: dict[str, torch.Tensor],
+                   batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
     """(label, confidence): argmax of the median-centred logits, and its gap to the runner-up."""
     n = len(inputs["input_ids"])
-    logits = torch.cat([teacher(**{k: v[i : i + batch_size] for k, v in inputs.items()}).logits for i in range(0, n, batch_size)])
+    logits = torch.cat([teacher(**{k: v[i : i + batch_size] for k, v in inputs.items()}).logits
+                        for i in range(0, n, batch_size)])
     top2 = (logits - logits.median(dim=0).values).topk(2, dim=-1)
     return top2.indices[:, 0], top2.values[:, 0] - top2.values[:, 1]
 

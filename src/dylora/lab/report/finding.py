@@ -51,7 +51,8 @@ def _finding_cell(column: str, value: Any) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):
-        return f"{value:+.2f}" if column in ("lora_drop", "dylora_drop", "drop_margin", "gap_at_r_max") else f"{value:.2f}"
+        return (f"{value:+.2f}" if column in ("lora_drop", "dylora_drop", "drop_margin", "gap_at_r_max")
+                else f"{value:.2f}")
     return str(value)
 
 

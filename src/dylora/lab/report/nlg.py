@@ -64,7 +64,8 @@ def nlg_scores(exp: Experiment, columns: list[NLGColumn]) -> tuple[pd.DataFrame,
     metrics, parts, issues = exp.metrics(), [], []
     run_tasks = {r.task for r in exp.used}
     for col in (c for c in columns if c.task in run_tasks):
-        sel = metrics[(metrics["task"] == col.task) & (metrics["split"] == col.split) & (metrics["metric"] == col.metric)]
+        sel = metrics[(metrics["task"] == col.task) & (metrics["split"] == col.split)
+                      & (metrics["metric"] == col.metric)]
         whole = sel.groupby(["method", "seed", "rank"], as_index=False)["value"].mean()
         parts.append(whole.assign(column=col.key, task=col.task, split=col.split, metric=col.metric,
                                   value=whole["value"] * metric_scale(col.task, col.metric)))
@@ -135,7 +136,8 @@ def nlg_table(exp: Experiment, name: str, paper_table: str, columns: list[NLGCol
 
 
 def _decoding_note(runs: list[RunRecord]) -> str:
-    return (f"Decoding: beams {_values(runs, 'task.num_beams')}, length penalty {_values(runs, 'task.length_penalty')}, "
+    return (f"Decoding: beams {_values(runs, 'task.num_beams')}, "
+            f"length penalty {_values(runs, 'task.length_penalty')}, "
             f"no-repeat n-gram {_values(runs, 'task.no_repeat_ngram_size')} (generated tokens only), max new tokens "
             f"{_values(runs, 'task.max_new_tokens')}; label smoothing {_values(runs, 'trainer.label_smoothing')}, "
             f"warm-up steps {_values(runs, 'trainer.warmup_steps')}.")
