@@ -14,9 +14,9 @@ from dylora.errors import ConfigError
 from dylora.generation import generate_batch, postprocess
 from dylora.models import load_model, load_tokenizer
 from dylora.runner import execute
-from dylora.tasks import build_task
 from dylora.tasks.nlg import load_nlg
 from dylora.tasks.nlg_task import smoothed_lm_loss
+from dylora.tasks.registry import build_task
 from helpers import run_cli
 from nlg_fixtures import write_nlg_dir
 
@@ -87,7 +87,7 @@ def redecode(spec, run_dir, rank: int, prompts: list[str]) -> list[str]:
     """An independent decode at ``rank``: the saved adapter on a fresh base model, merged at that rank."""
     tokenizer = load_tokenizer(spec.model)
     model = load_adapter(load_model(spec.model, tokenizer), run_dir / records.ADAPTER)
-    t = spec.task
+    t = spec.task.options
     with merged(model, rank):
         texts = generate_batch(model, tokenizer, prompts, num_beams=t.num_beams, length_penalty=t.length_penalty,
                                no_repeat_ngram_size=t.no_repeat_ngram_size, max_new_tokens=t.max_new_tokens,

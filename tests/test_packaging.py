@@ -67,3 +67,22 @@ def test_a_wheel_install_composes_runs_and_reports_from_another_directory(wheel_
 
     plan = run_cli(job, cwd=elsewhere, env=env, module="dylora.lab.reproduce")
     assert plan.returncode == 0 and "1 runs (1 already finished, skipped)" in plan.stdout, plan.stdout + plan.stderr
+
+
+IMPORT_EACH = """
+import importlib, pkgutil, sys
+import dylora
+names = [m.name for m in pkgutil.walk_packages(dylora.__path__, "dylora.")]
+for name in names:
+    for loaded in [k for k in sys.modules if k == "dylora" or k.startswith("dylora.")]:
+        del sys.modules[loaded]
+    importlib.import_module(name)
+print(len(names))
+"""
+
+
+def test_every_module_imports_on_its_own(tmp_path):
+    # an import cycle shows only when its modules are imported in a certain order: try each one first
+    done = run_cli(["-c", IMPORT_EACH], cwd=tmp_path, command=[sys.executable])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert int(done.stdout) > 40

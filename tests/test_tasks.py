@@ -13,9 +13,9 @@ from dylora.cli.compose import compose_config, compose_spec
 from dylora.errors import ConfigError
 from dylora.runner import execute
 from dylora.spec import RunSpec
-from dylora.tasks import KINDS, TableMetric, TaskData, TaskKind, num_labels, table_metric
-from dylora.tasks.base import classification_evaluator, rows
+from dylora.tasks.base import TableMetric, TaskData, TaskKind, classification_evaluator, rows
 from dylora.tasks.glue import GLUE_TASKS
+from dylora.tasks.registry import KINDS, num_labels, table_metric
 from helpers import tiny_overrides
 
 

@@ -12,7 +12,7 @@ from dylora import AdapterConfig, adapter_layers, add_adapters, rank_schedule
 from dylora.models import load_model, load_tokenizer
 from dylora.spec import ModelSpec, TrainerSpec
 from dylora.sweep import predict
-from dylora.tasks import TaskData
+from dylora.tasks.base import TaskData
 from dylora.train import Callbacks, Placement, lr_factor, step_indices, total_steps, train
 
 

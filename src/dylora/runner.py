@@ -26,7 +26,7 @@ from dylora.errors import ConfigError, RecordError, TrainingError
 from dylora.models import load_model, load_tokenizer
 from dylora.spec import RunSpec
 from dylora.sweep import rank_sweep
-from dylora.tasks import build_task, num_labels
+from dylora.tasks.registry import build_task, num_labels
 from dylora.tracking import make_tracker
 from dylora.train import Callbacks, Distributed, Placement, train
 

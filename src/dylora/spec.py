@@ -60,7 +60,7 @@ class TaskSpec:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TaskSpec":
-        from dylora.tasks import task_kind
+        from dylora.tasks.registry import task_kind
 
         values = dict(values)
         name, kind = values.pop("name"), values.pop("kind", "glue")
@@ -202,7 +202,7 @@ def _effective(config: dict[str, Any], task: str) -> dict[str, Any]:
 def _check_family(model: ModelSpec, task: TaskSpec) -> None:
     """Each task kind needs a model family: nlg tasks generate text (a causal LM); glue and synthetic
     tasks classify (an encoder)."""
-    from dylora.tasks import task_kind
+    from dylora.tasks.registry import task_kind
 
     wanted = task_kind(task.kind).family
     if model.family != wanted:

@@ -84,7 +84,7 @@ class SearchCost:
 def default_metric(task: str) -> tuple[str, str]:
     """(split, metric) the paper's rank tables (EACL Table 2) report for ``task``, as its task
     definition says; accuracy on validation for a task without one (the synthetic task)."""
-    from dylora.tasks import table_metric
+    from dylora.tasks.registry import table_metric
 
     defined = table_metric(task, "table2")
     return (defined.splits[0], defined.metric) if defined else ("validation", "accuracy")

@@ -26,7 +26,7 @@ from dylora.lab.report.notes import _values  # noqa: E402
 from dylora.lab.report.scoring import _short_runs  # noqa: E402
 from dylora.lab.report.tables import Table, _common_notes, _stats  # noqa: E402
 from dylora.records import RunRecord  # noqa: E402
-from dylora.tasks import TableMetric  # noqa: E402
+from dylora.tasks.base import TableMetric  # noqa: E402
 
 
 @dataclass(frozen=True)

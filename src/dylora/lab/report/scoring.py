@@ -14,7 +14,8 @@ from dylora.lab.report.experiments import (
     _task_order,
     metric_scale,
 )
-from dylora.tasks import TableMetric, table_metric
+from dylora.tasks.base import TableMetric
+from dylora.tasks.registry import table_metric
 
 # Where each task's paper numbers are: (paper_version, table).
 TABLE1_PAPER = {t: (paper.WORKSHOP, "Table 1") for t in GLUE}

@@ -1,0 +1,37 @@
+"""Task kinds, each registered once: adding a kind is its own module and one line in KINDS.
+
+The package's modules never import this one (it imports them all), so any of them can be
+imported on its own."""
+
+from __future__ import annotations
+
+from dylora.errors import ConfigError
+from dylora.tasks import glue, nlg_task, synthetic
+from dylora.tasks.base import TableMetric, TaskData, TaskKind
+
+KINDS: dict[str, TaskKind] = {kind.name: kind for kind in (glue.KIND, nlg_task.KIND, synthetic.KIND)}
+
+__all__ = ["KINDS", "build_task", "num_labels", "table_metric", "task_kind"]
+
+
+def task_kind(name: str) -> TaskKind:
+    if name not in KINDS:
+        raise ConfigError(f"task.kind={name!r} is not one of {tuple(KINDS)}")
+    return KINDS[name]
+
+
+def table_metric(task: str, table: str) -> TableMetric | None:
+    """The metric the paper's ``table`` ("table1": the workshop Table 1, "table2": EACL Table 2)
+    shows for ``task``; None where no kind defines one."""
+    return next((m for kind in KINDS.values() if (m := kind.table_metric(task, table)) is not None), None)
+
+
+def num_labels(spec) -> int | None:
+    """The classifier's outputs for ``spec``'s task (a RunSpec); None for text generation."""
+    return task_kind(spec.task.kind).num_labels(spec.task)
+
+
+def build_task(spec, base, tokenizer, device, run_dir=None) -> TaskData:
+    """The task's data. ``base`` is the model before adapters (the synthetic task's teacher needs it);
+    ``run_dir`` receives what evaluation writes besides metrics (NLG outputs per rank)."""
+    return task_kind(spec.task.kind).build(spec, base, tokenizer, device, run_dir)
