@@ -18,9 +18,9 @@ from dylora.lab import paper  # noqa: E402
 from dylora.lab.report.experiments import (  # noqa: E402
     LOWER_IS_BETTER,
     Experiment,
-    _method_order,
-    _task_order,
+    method_order,
     metric_scale,
+    task_order,
 )
 from dylora.lab.report.render import issues_markdown, markdown_table  # noqa: E402
 from dylora.lab.report.scoring import TABLE2_PAPER, scores  # noqa: E402
@@ -74,10 +74,10 @@ def _paper_curve(method: str, task: str, metric: str, ranks: Iterable[int]) -> d
 def plot_rank_curves(exp: Experiment, dest: Path) -> list[Path]:
     """One figure per task: mean over seeds per method, ±std band, the paper's points as crosses."""
     curves, paths = _curves(exp), []
-    for task in _task_order(curves["task"].unique()):
+    for task in task_order(curves["task"].unique()):
         fig, ax = plt.subplots(figsize=(6, 4))
         of_task = curves[curves["task"] == task]
-        for i, method in enumerate(_method_order(of_task["method"])):
+        for i, method in enumerate(method_order(of_task["method"])):
             _plot_method(ax, of_task[of_task["method"] == method].sort_values("rank"), method, task, f"C{i}")
         metric = of_task["metric"].iloc[0]
         ax.set(xlabel="rank b", ylabel=f"{metric}{' (x100)' if metric_scale(task, metric) == 100 else ''}",
@@ -116,8 +116,8 @@ def rank_summary(exp: Experiment, tolerance: float = 1.0) -> pd.DataFrame:
     curves = _curves(exp)
     rows = [
         _summary_row(curves[(curves["task"] == t) & (curves["method"] == m)].sort_values("rank"), tolerance)
-        for t in _task_order(curves["task"])
-        for m in _method_order(curves.loc[curves["task"] == t, "method"])
+        for t in task_order(curves["task"])
+        for m in method_order(curves.loc[curves["task"] == t, "method"])
     ]
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS).astype({"paper_min_rank_within_tol": "Int64"})
 

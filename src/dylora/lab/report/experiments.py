@@ -58,12 +58,13 @@ class Experiment:
     def rank_range(self, task: str, method: str) -> tuple[int, int]:
         """(r_min, r_max) from the configs; a config without them falls back to 1 and the top rank."""
         runs = [r for r in self.used if r.task == task and r.method == method]
-        r_min = min(int(_get(r.config, "method.r_min") or 1) for r in runs)
-        r_max = max(int(_get(r.config, "method.r_max") or max((m.rank for m in r.metrics), default=1)) for r in runs)
+        r_min = min(int(config_value(r.config, "method.r_min") or 1) for r in runs)
+        r_max = max(int(config_value(r.config, "method.r_max") or max((m.rank for m in r.metrics), default=1))
+                    for r in runs)
         return r_min, r_max
 
 
-def _get(config: dict[str, Any], dotted: str) -> Any:
+def config_value(config: dict[str, Any], dotted: str) -> Any:
     node: Any = config
     for key in dotted.split("."):
         if not isinstance(node, dict) or key not in node:
@@ -127,17 +128,17 @@ def _absent(runs: list[RunRecord], finished: set[tuple[str, str, int]]) -> list[
     present = {(r.task, r.method, r.seed) for r in known} | finished
     return [
         Issue(t, m, s, "absent", "no run directory for this combination")
-        for t in _task_order(r.task for r in known)
-        for m in _method_order(r.method for r in known)
+        for t in task_order(r.task for r in known)
+        for m in method_order(r.method for r in known)
         for s in sorted({r.seed for r in known})
         if (t, m, s) not in present
     ]
 
 
-def _task_order(tasks: Iterable[str]) -> list[str]:
+def task_order(tasks: Iterable[str]) -> list[str]:
     order = GLUE + NLG
     return sorted(set(tasks), key=lambda t: (order.index(t) if t in order else len(order), t))
 
 
-def _method_order(methods: Iterable[str]) -> list[str]:
+def method_order(methods: Iterable[str]) -> list[str]:
     return sorted(set(methods), key=lambda m: (METHOD_ORDER.index(m) if m in METHOD_ORDER else 99, m))

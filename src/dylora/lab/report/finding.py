@@ -7,7 +7,7 @@ from typing import Any
 
 import pandas as pd
 
-from dylora.lab.report.experiments import Experiment, _task_order
+from dylora.lab.report.experiments import Experiment, task_order
 from dylora.lab.report.render import markdown_table
 from dylora.lab.report.scoring import scores
 
@@ -22,7 +22,7 @@ def paper_finding(exp: Experiment, margin: float = 3.0, gap: float = 2.0) -> pd.
     the two are within ``gap`` points (r_max_ok)."""
     sc, _ = scores(exp, "table1")
     rows = []
-    for task in _task_order(sc["task"].unique()):
+    for task in task_order(sc["task"].unique()):
         of_task = sc[sc["task"] == task]
         if not {"lora", "dylora"} <= set(of_task["method"]):
             continue

@@ -19,12 +19,12 @@ from dylora.lab.report.experiments import (  # noqa: E402
     SOURCES,
     Experiment,
     Issue,
-    _method_order,
+    method_order,
     metric_scale,
 )
-from dylora.lab.report.notes import _values  # noqa: E402
-from dylora.lab.report.scoring import _short_runs  # noqa: E402
-from dylora.lab.report.tables import Table, _common_notes, _stats  # noqa: E402
+from dylora.lab.report.notes import setting_values  # noqa: E402
+from dylora.lab.report.scoring import short_runs  # noqa: E402
+from dylora.lab.report.tables import Table, common_notes, seed_stats  # noqa: E402
 from dylora.records import RunRecord  # noqa: E402
 from dylora.tasks.base import TableMetric  # noqa: E402
 
@@ -69,7 +69,7 @@ def nlg_scores(exp: Experiment, columns: list[NLGColumn]) -> tuple[pd.DataFrame,
         whole = sel.groupby(["method", "seed", "rank"], as_index=False)["value"].mean()
         parts.append(whole.assign(column=col.key, task=col.task, split=col.split, metric=col.metric,
                                   value=whole["value"] * metric_scale(col.task, col.metric)))
-        issues += _short_runs(exp, col.task, TableMetric(col.metric, (col.split,)), whole)
+        issues += short_runs(exp, col.task, TableMetric(col.metric, (col.split,)), whole)
     return (pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()), issues
 
 
@@ -79,7 +79,7 @@ def _nlg_ours(exp: Experiment, sc: pd.DataFrame) -> list[dict[str, Any]]:
         task, split, metric = g.iloc[0][["task", "split", "metric"]]
         _, r_max = exp.rank_range(str(task), str(method))
         for rank, at_rank in g[g["rank"] <= r_max].groupby("rank"):
-            mean, std = _stats(at_rank.set_index("seed")["value"])
+            mean, std = seed_stats(at_rank.set_index("seed")["value"])
             cells.append(dict(method=method, row=str(rank), key=int(rank), paper_rank=str(rank), source="ours",
                               column=column, task=task, split=split, metric=metric, mean=mean, std=std,
                               n_seeds=len(at_rank)))
@@ -131,20 +131,21 @@ def nlg_table(exp: Experiment, name: str, paper_table: str, columns: list[NLGCol
         "seeds); Δ = ours − paper. The paper's WebNLG number is compared with our all-categories test set; "
         "it prints no METEOR for DART/WebNLG and no seen/unseen split.",
         "ours = mean ± sample std (ddof=1) over seeds. " + _decoding_note(exp.used),
-    ] + _common_notes(exp)[1:]
+    ] + common_notes(exp)[1:]
     return table
 
 
 def _decoding_note(runs: list[RunRecord]) -> str:
-    return (f"Decoding: beams {_values(runs, 'task.num_beams')}, "
-            f"length penalty {_values(runs, 'task.length_penalty')}, "
-            f"no-repeat n-gram {_values(runs, 'task.no_repeat_ngram_size')} (generated tokens only), max new tokens "
-            f"{_values(runs, 'task.max_new_tokens')}; label smoothing {_values(runs, 'trainer.label_smoothing')}, "
-            f"warm-up steps {_values(runs, 'trainer.warmup_steps')}.")
+    return (f"Decoding: beams {setting_values(runs, 'task.num_beams')}, "
+            f"length penalty {setting_values(runs, 'task.length_penalty')}, "
+            f"no-repeat n-gram {setting_values(runs, 'task.no_repeat_ngram_size')} (generated tokens only), "
+            f"max new tokens {setting_values(runs, 'task.max_new_tokens')}; "
+            f"label smoothing {setting_values(runs, 'trainer.label_smoothing')}, "
+            f"warm-up steps {setting_values(runs, 'trainer.warmup_steps')}.")
 
 
 def _nlg_sorted(cells: pd.DataFrame, order: list[str]) -> pd.DataFrame:
-    method_rank = {m: i for i, m in enumerate(_method_order(cells["method"].unique()))}
+    method_rank = {m: i for i, m in enumerate(method_order(cells["method"].unique()))}
     keys = dict(_m=cells["method"].map(method_rank), _s=cells["source"].map(SOURCES.index),
                 _c=cells["column"].map(order.index))
     ordered = cells.assign(**keys).sort_values(["_m", "key", "_s", "_c"], kind="stable")
@@ -166,7 +167,7 @@ def plot_nlg_curves(table: Table, dest: Path) -> list[Path]:
     fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.2), squeeze=False)
     for ax, column in zip(axes[0], table.tasks):
         of_col = table.cells[table.cells["column"] == column]
-        for i, method in enumerate(_method_order(of_col["method"].unique())):
+        for i, method in enumerate(method_order(of_col["method"].unique())):
             mine = of_col[of_col["method"] == method]
             ours, theirs = mine[mine["source"] == "ours"], mine[mine["source"] == "paper"]
             label = paper.METHODS.get(method, method)

@@ -7,7 +7,7 @@ from collections import Counter
 from typing import Any, Iterator
 
 from dylora.lab import paper
-from dylora.lab.report.experiments import NLG, Experiment, _get, _method_order, _task_order
+from dylora.lab.report.experiments import NLG, Experiment, config_value, method_order, task_order
 from dylora.records import RunRecord
 
 # The paper's setup (Table 8 of the EACL paper), to name every departure from it.
@@ -21,16 +21,16 @@ PAPER_SETUP = {
 PAPER_UPDATE_RULE = {"dylora": "all", "dylora_frozen": "frozen"}
 
 
-def _values(runs: list[RunRecord], dotted: str) -> str:
+def setting_values(runs: list[RunRecord], dotted: str) -> str:
     """A setting over the runs: "4", or "4 (cola 6, rte 2)" when some tasks' runs (per_task) differ."""
     found: dict[str, set[str]] = {}
     for r in runs:
-        value = _get(r.config, dotted)
+        value = config_value(r.config, dotted)
         if value is not None:
             found.setdefault(r.task, set()).add(str(value))
     if not found:
         return "unset"
-    by_task = {task: "/".join(sorted(found[task])) for task in _task_order(found)}
+    by_task = {task: "/".join(sorted(found[task])) for task in task_order(found)}
     counts = Counter(by_task.values())
     common = max(sorted(counts), key=counts.__getitem__)  # the most tasks' value; ties: the smallest text
     others = [f"{task} {v}" for task, v in by_task.items() if v != common]
@@ -42,28 +42,29 @@ def settings_notes(exp: Experiment) -> list[str]:
     runs = exp.used
     seeds = sorted({r.seed for r in runs})
     lines = [
-        f"Settings: model {_values(runs, 'model.name')}; preset {_values(runs, 'preset')}; "
+        f"Settings: model {setting_values(runs, 'model.name')}; preset {setting_values(runs, 'preset')}; "
         f"seeds {', '.join(map(str, seeds)) or 'none'} ({len(seeds)}); "
-        f"epochs {_values(runs, 'trainer.epochs')}; max_steps {_values(runs, 'trainer.max_steps')}; "
-        f"lr {_values(runs, 'trainer.lr')}; batch size {_values(runs, 'trainer.batch_size')}; "
-        f"max_train_samples {_values(runs, 'data.max_train_samples')}; "
-        f"max_eval_samples {_values(runs, 'data.max_eval_samples')}."
+        f"epochs {setting_values(runs, 'trainer.epochs')}; max_steps {setting_values(runs, 'trainer.max_steps')}; "
+        f"lr {setting_values(runs, 'trainer.lr')}; batch size {setting_values(runs, 'trainer.batch_size')}; "
+        f"max_train_samples {setting_values(runs, 'data.max_train_samples')}; "
+        f"max_eval_samples {setting_values(runs, 'data.max_eval_samples')}."
     ]
-    for method in _method_order(r.method for r in runs):
+    for method in method_order(r.method for r in runs):
         lines.append(_method_settings(method, [r for r in runs if r.method == method]))
     return lines
 
 
 def _method_settings(method: str, runs: list[RunRecord]) -> str:
-    text = (f"{paper.METHODS.get(method, method)}: r {_values(runs, 'method.r_min')}..{_values(runs, 'method.r_max')}, "
-            f"alpha {_values(runs, 'method.alpha')}, scaling {_values(runs, 'method.scaling')}")
+    text = (f"{paper.METHODS.get(method, method)}: "
+            f"r {setting_values(runs, 'method.r_min')}..{setting_values(runs, 'method.r_max')}, "
+            f"alpha {setting_values(runs, 'method.alpha')}, scaling {setting_values(runs, 'method.scaling')}")
     if method == "lora":  # p_B, update rule and masking do not apply to plain LoRA
         return text + "."
-    p_b = _values(runs, "method.distribution")
+    p_b = setting_values(runs, "method.distribution")
     if "geometric" in p_b:
-        p_b += f" (p {_values(runs, 'method.geometric_p')})"
-    return (text + f", p_B {p_b}, update rule {_values(runs, 'method.update_rule')}, "
-            f"masking {_values(runs, 'method.masking')}.")
+        p_b += f" (p {setting_values(runs, 'method.geometric_p')})"
+    return (text + f", p_B {p_b}, update rule {setting_values(runs, 'method.update_rule')}, "
+            f"masking {setting_values(runs, 'method.masking')}.")
 
 
 def _setup_for(task: str) -> dict[str, Any]:
@@ -90,7 +91,7 @@ def departures(exp: Experiment) -> list[str]:
 
 def _for_tasks(tasks: set[str], every_task: set[str]) -> str:
     """Nothing when a departure holds for every task, else the tasks it holds for: " (cola, rte)"."""
-    return "" if tasks == every_task else f" ({', '.join(_task_order(tasks))})"
+    return "" if tasks == every_task else f" ({', '.join(task_order(tasks))})"
 
 
 def _number(value: Any) -> float | None:
@@ -108,26 +109,26 @@ def _same(value: Any, expected: float) -> bool:
 
 def _run_departures(r: RunRecord) -> Iterator[str]:
     setup, c = _setup_for(r.task), r.config
-    if _model_name(_get(c, "model.name")) != setup["model.name"]:
-        yield f"model {_get(c, 'model.name')} (paper: {setup['model.name']})"
+    if _model_name(config_value(c, "model.name")) != setup["model.name"]:
+        yield f"model {config_value(c, 'model.name')} (paper: {setup['model.name']})"
     for key in ("method.r_min", "method.r_max", "method.alpha", "trainer.lr", "trainer.batch_size"):
-        value = _get(c, key)
+        value = config_value(c, key)
         if value is not None and not _same(value, setup[key]):
             yield f"{key} {value} (paper: {setup[key]})"
-    epochs = _number(_get(c, "trainer.epochs"))
+    epochs = _number(config_value(c, "trainer.epochs"))
     if epochs is not None and epochs < setup["trainer.epochs"]:
-        yield f"trainer.epochs {_get(c, 'trainer.epochs')} (paper: {setup['trainer.epochs']})"
-    length = _number(_get(c, "model.max_length"))
+        yield f"trainer.epochs {config_value(c, 'trainer.epochs')} (paper: {setup['trainer.epochs']})"
+    length = _number(config_value(c, "model.max_length"))
     if length is not None and length < setup["model.max_length"]:  # longer inputs are truncated
-        yield f"model.max_length {_get(c, 'model.max_length')} (paper: {setup['model.max_length']})"
+        yield f"model.max_length {config_value(c, 'model.max_length')} (paper: {setup['model.max_length']})"
     for key in ("trainer.max_steps", "data.max_train_samples", "data.max_eval_samples"):
-        cap = _number(_get(c, key))
+        cap = _number(config_value(c, key))
         if cap is not None and cap > 0:  # null or -1 means "no cap"
-            yield f"{key} {_get(c, key)} caps training or evaluation (paper: no cap)"
-    if _get(c, "trainer.group_by_length") is True:
+            yield f"{key} {config_value(c, key)} caps training or evaluation (paper: no cap)"
+    if config_value(c, "trainer.group_by_length") is True:
         yield "trainer.group_by_length true: batches of similar length (paper: random batches)"
-    if _get(c, "preset") != "paper":
-        yield f"preset {_get(c, 'preset')} (paper: paper)"
+    if config_value(c, "preset") != "paper":
+        yield f"preset {config_value(c, 'preset')} (paper: paper)"
     yield from _method_departures(r)
 
 
@@ -135,11 +136,11 @@ def _method_departures(r: RunRecord) -> Iterator[str]:
     c, method = r.config, r.method
     if method not in PAPER_UPDATE_RULE:
         return
-    rule = _get(c, "method.update_rule")
+    rule = config_value(c, "method.update_rule")
     if rule is not None and rule != PAPER_UPDATE_RULE[method]:
         meant = PAPER_UPDATE_RULE[method]
         yield f"{method} with update_rule {rule} (the paper's {paper.METHODS[method]} means {meant})"
-    if _get(c, "method.scaling") not in (None, "rank"):
-        yield f"{method} scaling {_get(c, 'method.scaling')} (paper Eq. 7: alpha/b, scaling=rank)"
-    if _get(c, "method.distribution") not in (None, "uniform"):
-        yield f"{method} p_B {_get(c, 'method.distribution')} (paper default: uniform)"
+    if config_value(c, "method.scaling") not in (None, "rank"):
+        yield f"{method} scaling {config_value(c, 'method.scaling')} (paper Eq. 7: alpha/b, scaling=rank)"
+    if config_value(c, "method.distribution") not in (None, "uniform"):
+        yield f"{method} p_B {config_value(c, 'method.distribution')} (paper default: uniform)"

@@ -10,9 +10,9 @@ from dylora.lab.report.experiments import (
     GLUE,
     Experiment,
     Issue,
-    _get,
-    _task_order,
+    config_value,
     metric_scale,
+    task_order,
 )
 from dylora.tasks.base import TableMetric
 from dylora.tasks.registry import table_metric
@@ -48,7 +48,7 @@ def scores(exp: Experiment, table: str) -> tuple[pd.DataFrame, list[Issue]]:
     """
     metrics = exp.metrics()
     parts, issues = [], []
-    for task in _task_order(r.task for r in exp.used):  # from the runs: one without metrics is reported
+    for task in task_order(r.task for r in exp.used):  # from the runs: one without metrics is reported
         measured = metrics[metrics["task"] == task]
         spec = metric_spec(task, table, measured)
         if spec is None:
@@ -59,17 +59,17 @@ def scores(exp: Experiment, table: str) -> tuple[pd.DataFrame, list[Issue]]:
         whole = agg[agg["count"] == len(spec.splits)]  # a rank lacking a split (MNLI mm) is not averaged
         scale = metric_scale(task, spec.metric)
         parts.append(whole.assign(task=task, metric=spec.metric, value=whole["mean"] * scale))
-        issues += _short_runs(exp, task, spec, whole)
+        issues += short_runs(exp, task, spec, whole)
     columns = ["task", "method", "seed", "rank", "metric", "value"]
     frame = pd.concat(parts)[columns] if parts else pd.DataFrame(columns=columns)
     return frame.reset_index(drop=True), issues
 
 
-def _short_runs(exp: Experiment, task: str, spec: TableMetric, whole: pd.DataFrame) -> list[Issue]:
+def short_runs(exp: Experiment, task: str, spec: TableMetric, whole: pd.DataFrame) -> list[Issue]:
     issues = []
     for r in (r for r in exp.used if r.task == task):
         got = set(whole.loc[(whole["method"] == r.method) & (whole["seed"] == r.seed), "rank"])
-        r_max = int(_get(r.config, "method.r_max") or max(got, default=0))
+        r_max = int(config_value(r.config, "method.r_max") or max(got, default=0))
         lacking = sorted(set(range(1, r_max + 1)) - got)
         if lacking:
             detail = f"{r.path.name}: no {spec.metric} on {'+'.join(spec.splits)} at ranks {lacking}"

@@ -17,8 +17,8 @@ from dylora.lab.report.experiments import (
     SOURCES,
     Experiment,
     Issue,
-    _method_order,
-    _task_order,
+    method_order,
+    task_order,
 )
 from dylora.lab.report.notes import departures, settings_notes
 from dylora.lab.report.scoring import TABLE1_PAPER, TABLE2_PAPER, scores
@@ -54,7 +54,7 @@ class TableSpec:
     paper_by_metric: bool
 
 
-def _stats(per_seed: pd.Series) -> tuple[float, float]:
+def seed_stats(per_seed: pd.Series) -> tuple[float, float]:
     # Sample std (ddof=1), as for "mean ± std over seeds"; undefined for one seed.
     std = float(per_seed.std(ddof=1)) if len(per_seed) > 1 else math.nan
     return float(per_seed.mean()), std
@@ -65,7 +65,7 @@ def _ours_cells(exp: Experiment, sc: pd.DataFrame, rows: RowFn) -> list[dict[str
     for (task, method), g in sc.groupby(["task", "method"], sort=False):
         r_min, r_max = exp.rank_range(str(task), str(method))
         for key, label, paper_rank, per_seed in rows(g, r_min, r_max):
-            mean, std = _stats(per_seed)
+            mean, std = seed_stats(per_seed)
             cells.append(dict(method=method, row=label, key=key, paper_rank=paper_rank, source="ours",
                               task=task, mean=mean, std=std, n_seeds=len(per_seed)))
     return cells
@@ -136,7 +136,7 @@ def _mark_best(cells: pd.DataFrame, metric_of: dict[str, str]) -> pd.DataFrame:
 def build_table(exp: Experiment, spec: TableSpec, title: str) -> Table:
     """Ours, paper and Δ cells for every row and task, plus Avg; notes are left to the caller."""
     sc, issues = scores(exp, spec.name)
-    tasks = _task_order(sc["task"].unique())
+    tasks = task_order(sc["task"].unique())
     metric_of = dict(zip(sc["task"], sc["metric"]))
     ours = pd.DataFrame(_ours_cells(exp, sc, spec.rows))
     if ours.empty:
@@ -155,8 +155,8 @@ def _printed_avg(spec: TableSpec) -> Callable[[str, str], float | None]:
 
 def _sorted(cells: pd.DataFrame) -> pd.DataFrame:
     """Methods, rows, then ours/paper/Δ, tasks in the paper's order with Avg last."""
-    method_rank = {m: i for i, m in enumerate(_method_order(cells["method"].unique()))}
-    task_rank = {t: i for i, t in enumerate(_task_order(cells["task"].unique()) + [AVG])}
+    method_rank = {m: i for i, m in enumerate(method_order(cells["method"].unique()))}
+    task_rank = {t: i for i, t in enumerate(task_order(cells["task"].unique()) + [AVG])}
     keys = dict(_m=cells["method"].map(method_rank), _s=cells["source"].map(SOURCES.index),
                 _t=cells["task"].map(task_rank))
     ordered = cells.assign(**keys).sort_values(["_m", "key", "_s", "_t"], kind="stable")
@@ -170,7 +170,7 @@ def table1(exp: Experiment) -> Table:
         "Metrics (workshop Table 1): MNLI mean of matched and mismatched accuracy, CoLA Matthews "
         "correlation, STS-B Pearson, all other tasks (MRPC included) accuracy; percent.",
         f"paper = {paper.WORKSHOP} Table 1 (one run per number, no std); Δ = ours − paper.",
-    ] + _common_notes(exp)
+    ] + common_notes(exp)
     return table
 
 
@@ -181,11 +181,11 @@ def table2(exp: Experiment) -> Table:
         "Metrics (EACL Table 2): MNLI matched accuracy, MRPC F1, CoLA Matthews correlation, STS-B "
         "Pearson, all other tasks accuracy; percent. Bold: the best rank per method and task.",
         f"paper = {paper.EACL} Table 2 (mean ± std over 5 seeds); Δ = ours − paper.",
-    ] + _common_notes(exp)
+    ] + common_notes(exp)
     return table
 
 
-def _common_notes(exp: Experiment) -> list[str]:
+def common_notes(exp: Experiment) -> list[str]:
     return [
         "ours = mean ± sample std (ddof=1) over seeds; Avg = mean over the tasks shown (blank when a "
         "task is missing). The paper's Avg is its printed one when all 8 GLUE tasks are shown, else "
