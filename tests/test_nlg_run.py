@@ -92,7 +92,7 @@ def redecode(spec, run_dir, rank: int, prompts: list[str]) -> list[str]:
         texts = generate_batch(model, tokenizer, prompts, num_beams=t.num_beams, length_penalty=t.length_penalty,
                                no_repeat_ngram_size=t.no_repeat_ngram_size, max_new_tokens=t.max_new_tokens,
                                max_prompt_tokens=spec.model.max_length - t.max_new_tokens)
-    return [postprocess(x, t.name) for x in texts]
+    return [postprocess(x, spec.task.name) for x in texts]
 
 
 @pytest.mark.slow
