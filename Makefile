@@ -32,6 +32,7 @@ test: setup lint
 test-fast: setup lint
 	OMP_NUM_THREADS=2 $(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
+## ruff check with the rules in pyproject.toml
 lint: $(STAMP)
 	$(PY) -m ruff check src tests
 

@@ -69,6 +69,15 @@ def test_a_wheel_install_composes_runs_and_reports_from_another_directory(wheel_
     assert plan.returncode == 0 and "1 runs (1 already finished, skipped)" in plan.stdout, plan.stdout + plan.stderr
 
 
+def test_the_wheel_lists_every_package_of_the_source_tree():
+    # pyproject.toml lists the packages by hand (dylora.conf maps to conf/): a new one must be added there
+    import tomllib
+    from setuptools import find_packages
+
+    listed = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    assert sorted(listed) == sorted([*find_packages(REPO / "src"), "dylora.conf"])
+
+
 IMPORT_EACH = """
 import importlib, pkgutil, sys
 import dylora
