@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -41,31 +43,35 @@ def wheel_site(tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_a_wheel_install_composes_runs_and_reports_from_another_directory(wheel_site, glue_dir, tmp_path):
-    env = {"PYTHONPATH": str(wheel_site)}  # ahead of the editable install of the checkout
+    # python -S skips site-packages' .pth files, so the checkout's editable install (a .pth and a
+    # finder) cannot stand in for anything the wheel lacks; the dependencies come from the same folder
+    env = {"PYTHONPATH": os.pathsep.join([str(wheel_site), sysconfig.get_paths()["purelib"]])}
+    python = [sys.executable, "-S"]
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    where = run_cli(["-c", "import dylora.conf, dylora.lab; print(dylora.conf.__file__)"], cwd=elsewhere, env=env,
-                    command=[sys.executable])
+    where = run_cli(["-c", "import dylora.conf, dylora.lab.report; print(dylora.conf.__file__)"], cwd=elsewhere,
+                    env=env, command=python)
     assert where.returncode == 0 and Path(where.stdout.strip()).is_relative_to(wheel_site), where.stdout + where.stderr
     assert ((wheel_site / "dylora" / "py.typed").is_file()
             and (wheel_site / "dylora" / "lab" / "paper_results.csv").is_file())
 
     out = tmp_path / "exp"
     job = tiny_overrides("task=sst2", f"data.glue_dir={glue_dir}", f"out_dir={out}")
-    ran = run_cli(job, cwd=elsewhere, env=env, command=[str(wheel_site / "bin" / "dylora-run")])
+    ran = run_cli(job, cwd=elsewhere, env=env, command=[*python, str(wheel_site / "bin" / "dylora-run")])
     assert ran.returncode == 0, ran.stderr[-3000:]
     [run] = records.iter_runs(out)
     assert run.done and {m.rank for m in run.metrics} == {1, 2}
 
-    again = run_cli(job, cwd=elsewhere, env=env, module="dylora.run")  # python -m dylora.run: the same run, skipped
+    # python -m dylora.run: the same run, skipped
+    again = run_cli(job, cwd=elsewhere, env=env, command=[*python, "-m", "dylora.run"])
     assert again.returncode == 0 and "already complete" in again.stderr, again.stderr[-3000:]
 
     report = run_cli([f"out_dir={out}", f"results_dir={tmp_path / 'results'}"], cwd=elsewhere, env=env,
-                     command=[str(wheel_site / "bin" / "dylora-report")])
+                     command=[*python, str(wheel_site / "bin" / "dylora-report")])
     assert report.returncode == 0, report.stderr[-3000:]
     assert (tmp_path / "results" / "default" / "table1.md").is_file()
 
-    plan = run_cli(job, cwd=elsewhere, env=env, module="dylora.lab.reproduce")
+    plan = run_cli(job, cwd=elsewhere, env=env, command=[*python, "-m", "dylora.lab.reproduce"])
     assert plan.returncode == 0 and "1 runs (1 already finished, skipped)" in plan.stdout, plan.stdout + plan.stderr
 
 
