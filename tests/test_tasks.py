@@ -6,14 +6,13 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from transformers import DataCollatorWithPadding
 
 from dylora import records
 from dylora.cli.compose import compose_config, compose_spec
 from dylora.errors import ConfigError
 from dylora.runner import execute
 from dylora.spec import RunSpec
-from dylora.tasks.base import TableMetric, TaskData, TaskKind, classification_evaluator, rows
+from dylora.tasks.base import TableMetric, TaskData, TaskKind, classification_data, rows
 from dylora.tasks.glue import GLUE_TASKS
 from dylora.tasks.registry import KINDS, num_labels, table_metric
 from helpers import tiny_overrides
@@ -30,13 +29,11 @@ def build_parity(spec, base, tokenizer, device, run_dir=None) -> TaskData:
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(1000, 2000, (spec.task.options.n, spec.task.options.length), generator=gen)
     data = [{"input_ids": row.tolist(), "labels": int(row[0]) % 2} for row in ids]
-    collate = DataCollatorWithPadding(tokenizer, return_tensors="pt")
 
     def score(logits, labels) -> dict[str, float]:
         return {"accuracy": float((logits.argmax(-1) == labels).float().mean())}
 
-    evaluate = classification_evaluator({"validation": data}, collate, score, 8, device)
-    return TaskData(data, collate, evaluate)
+    return classification_data(data, {"validation": data}, tokenizer, score, 8, device)
 
 
 PARITY = TaskKind("parity", "encoder", ParityOptions, lambda task: 2, build_parity)

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 from torch import nn
 
+from dylora.sweep import predict
+
 if TYPE_CHECKING:
     from dylora.spec import RunSpec, TaskSpec
 
@@ -57,14 +59,18 @@ class NoOptions:
     """A kind whose tasks take no ``task.*`` options beyond name and kind."""
 
 
-def classification_evaluator(evals: dict[str, list[dict]], collate, score, batch_size: int, device) -> Evaluate:
-    """Evaluate by logits: ``score(logits, labels)`` on every split."""
-    from dylora.sweep import predict
+def classification_data(train: list[dict], evals: dict[str, list[dict]], tokenizer, score, batch_size: int,
+                        device) -> TaskData:
+    """A classification task's data: rows padded per batch, every split of ``evals`` scored by
+    ``score(logits, labels)``."""
+    from transformers import DataCollatorWithPadding
+
+    collate = DataCollatorWithPadding(tokenizer, return_tensors="pt")
 
     def evaluate(model: nn.Module, rank: int) -> dict[str, dict[str, float]]:
         return {split: score(*predict(model, rows, collate, batch_size, device)) for split, rows in evals.items()}
 
-    return evaluate
+    return TaskData(train, collate, evaluate)
 
 
 def rows(dataset, limit: int | None = None) -> list[dict]:

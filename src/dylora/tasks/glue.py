@@ -20,7 +20,7 @@ from pathlib import Path
 import datasets
 
 from dylora.errors import DataError
-from dylora.tasks.base import NoOptions, TableMetric, TaskData, TaskKind, classification_evaluator, rows
+from dylora.tasks.base import NoOptions, TableMetric, TaskData, TaskKind, classification_data, rows
 
 HUB_DATASET = "nyu-mll/glue"
 TEXT_COLUMNS = ("text_a", "text_b")
@@ -302,21 +302,17 @@ def table_metric(task: str, table: str) -> TableMetric | None:
 
 def build(spec, base, tokenizer, device, run_dir=None) -> TaskData:
     """Tokenised GLUE splits (hub or ``data.glue_dir``), scored with the task's GLUE metrics."""
-    from transformers import DataCollatorWithPadding
-
     from dylora.metrics.glue import glue_metrics, logits_to_predictions
 
     name = spec.task.name
     splits = load_glue(name, spec.data.glue_dir, spec.data.max_train_samples, spec.data.max_eval_samples)
     tokenized = {split: rows(tokenize_glue(ds, tokenizer, spec.model.max_length)) for split, ds in splits.items()}
     train = tokenized.pop("train")
-    collate = DataCollatorWithPadding(tokenizer, return_tensors="pt")
 
     def score(logits, labels) -> dict[str, float]:
         return glue_metrics(name, logits_to_predictions(name, logits), labels.numpy())
 
-    return TaskData(train, collate,
-                    classification_evaluator(tokenized, collate, score, spec.trainer.eval_batch_size, device))
+    return classification_data(train, tokenized, tokenizer, score, spec.trainer.eval_batch_size, device)
 
 
 KIND = TaskKind("glue", "encoder", NoOptions, lambda task: get_task(task.name).num_labels, build, table_metric)

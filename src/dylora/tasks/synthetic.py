@@ -23,7 +23,7 @@ from torch import nn
 
 from dylora.adapters import AdapterConfig, adapter_layers, add_adapters
 from dylora.errors import ConfigError
-from dylora.tasks.base import TaskData, TaskKind, classification_evaluator, rows
+from dylora.tasks.base import TaskData, TaskKind, classification_data, rows
 
 DATA_SEED = 1234  # the task is the same for every run seed
 
@@ -109,21 +109,18 @@ class SyntheticOptions:
 def build(spec, base, tokenizer, device, run_dir=None) -> TaskData:
     """The teacher's splits; ``base`` is the model before adapters, which the teacher copies."""
     from sklearn.metrics import accuracy_score
-    from transformers import DataCollatorWithPadding
 
     t = spec.task.options
     splits = make_synthetic(
         base, tokenizer, spec.adapter.target_modules, teacher_rank=t.teacher_rank, teacher_strength=t.teacher_strength,
         seq_len=t.seq_len, n_train=t.n_train, n_eval=t.n_eval, keep=t.keep,
     )
-    collate = DataCollatorWithPadding(tokenizer, return_tensors="pt")
-
     def score(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
         return {"accuracy": float(accuracy_score(labels.numpy(), logits.argmax(dim=-1).numpy()))}
 
     evals = {"validation": rows(splits["validation"], spec.data.max_eval_samples)}
-    evaluate = classification_evaluator(evals, collate, score, spec.trainer.eval_batch_size, device)
-    return TaskData(rows(splits["train"], spec.data.max_train_samples), collate, evaluate)
+    return classification_data(rows(splits["train"], spec.data.max_train_samples), evals, tokenizer, score,
+                               spec.trainer.eval_batch_size, device)
 
 
 KIND = TaskKind("synthetic", "encoder", SyntheticOptions, lambda task: task.options.num_labels, build)
