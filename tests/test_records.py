@@ -25,8 +25,8 @@ def _recompose(record: records.RunRecord, *extra: str) -> dict:
 
 
 def _with_option(config: dict, value: str) -> dict:
-    """``config`` as if trainer/default.yaml had a new option ``precision: <value>``."""
-    return {**config, "trainer": {**config["trainer"], "precision": value}}
+    """``config`` as if trainer/default.yaml had a new option ``new_option: <value>``."""
+    return {**config, "trainer": {**config["trainer"], "new_option": value}}
 
 
 def test_the_committed_records_keep_their_names_under_todays_configuration():
@@ -41,7 +41,7 @@ def test_an_option_added_with_its_neutral_value_leaves_the_hash_alone(monkeypatc
     record = _committed_runs()[0]
     added = _with_option(_recompose(record), "fp32")  # a new option, at the value runs had before it
     assert records.config_hash(added) != records.config_hash(record.config)  # unregistered, it would rename
-    monkeypatch.setitem(records.HASH_NEUTRAL, "trainer.precision", "fp32")
+    monkeypatch.setitem(records.HASH_NEUTRAL, "trainer.new_option", "fp32")
     assert records.config_hash(added) == records.config_hash(record.config)
     assert records.run_dir_for(record.path.parents[3], added) == record.path
     # ... and what it does is part of the run's identity: any other value renames it
@@ -59,7 +59,7 @@ def test_changing_what_a_run_does_changes_its_hash(override):
 
 def test_a_neutral_value_nested_or_absent_is_handled_without_touching_the_config(monkeypatch):
     config = {"trainer": {"lr": 1e-3, "precision": "fp32"}, "seed": 0}
-    monkeypatch.setitem(records.HASH_NEUTRAL, "trainer.precision", "fp32")
+    monkeypatch.setitem(records.HASH_NEUTRAL, "trainer.new_option", "fp32")
     monkeypatch.setitem(records.HASH_NEUTRAL, "model.dtype", "fp32")  # absent: nothing to drop
     assert records.config_hash(config) == records.config_hash({"trainer": {"lr": 1e-3}, "seed": 0})
     assert config["trainer"]["precision"] == "fp32"  # the recorded config keeps it

@@ -44,7 +44,11 @@ OUTPUT_KEYS = ("out_dir", "results_dir", "logger")
 # option were absent, so adding an option never renames existing runs (the committed ones
 # included); any other value, or a default changed away from it, changes the hash. Every new
 # option goes here with its neutral value (a test recomposes the committed records to check).
-HASH_NEUTRAL: dict[str, Any] = {}
+HASH_NEUTRAL: dict[str, Any] = {
+    "trainer.precision": "fp32",  # resolved from auto: fp32 on a CPU
+    "trainer.tf32": False,  # resolved: false off CUDA
+    "model.dtype": "fp32",
+}
 
 
 @dataclass(frozen=True)

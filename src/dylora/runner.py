@@ -24,6 +24,7 @@ from dylora.adapters import add_adapters, rank_schedule, save_adapter, trainable
 from dylora.adapters.io import load_lora_weights
 from dylora.errors import ConfigError, RecordError, TrainingError
 from dylora.models import load_model, load_tokenizer
+from dylora.precision import cast_frozen, set_tf32
 from dylora.spec import RunSpec
 from dylora.sweep import rank_sweep
 from dylora.tasks.registry import build_task, num_labels
@@ -62,7 +63,9 @@ def execute(spec: RunSpec, progress: bool = True) -> Path:
     add_adapters(model, spec.adapter)
     if spec.trainer.init_from:
         _init_from(spec, model)
+    cast_frozen(model, spec.model.dtype)
     model.to(device)
+    set_tf32(spec.trainer.tf32)
     if dist.is_main:
         records.write_config(run_dir, spec.config)
     tracker = make_tracker(spec.logger, spec.config, run_dir, run_dir.name, spec.experiment) if dist.is_main else None
@@ -79,14 +82,15 @@ def execute(spec: RunSpec, progress: bool = True) -> Path:
             return run_dir
         save_adapter(model, run_dir / records.ADAPTER)
         start = time.perf_counter()
-        rows = list(rank_sweep(model, spec.eval_ranks, data.evaluate, progress))
+        rows = list(rank_sweep(model, spec.eval_ranks, data.evaluate, progress, spec.trainer.precision))
         sweep_seconds = time.perf_counter() - start
         metric_rows = [
             records.MetricRow(spec.task.name, spec.method_name, spec.seed, rank, split, metric, value)
             for rank, split, metric, value in rows
         ]
         records.write_metrics(run_dir, metric_rows)
-        records.write_env(run_dir, _env(model, device, dist, result.seconds, sweep_seconds, result.steps, schedules))
+        records.write_env(run_dir, _env(spec, model, device, dist, result.seconds, sweep_seconds, result.steps,
+                                           schedules))
         tracker.log_rank_curve(rows)
         records.mark_done(run_dir)
         shutil.rmtree(run_dir / records.CHECKPOINT, ignore_errors=True)
@@ -172,7 +176,7 @@ def _git_commit() -> str | None:
         return None
 
 
-def _env(model, device, dist: Distributed, train_seconds: float, sweep_seconds: float, steps: int,
+def _env(spec: RunSpec, model, device, dist: Distributed, train_seconds: float, sweep_seconds: float, steps: int,
          schedules: list[str]) -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -190,6 +194,8 @@ def _env(model, device, dist: Distributed, train_seconds: float, sweep_seconds: 
         "device_type": device.type,
         "world_size": dist.world,
         "torch_threads": torch.get_num_threads(),
+        # the numerics: autocast dtype, the frozen base's dtype, TF32 matmuls
+        "precision": {"autocast": spec.trainer.precision, "base_dtype": spec.model.dtype, "tf32": spec.trainer.tf32},
         "trainable_parameters": trainable_parameters(model),
         "train_seconds": train_seconds,
         "train_steps": steps,

@@ -11,6 +11,7 @@ from typing import Any
 
 from dylora.adapters import AdapterConfig
 from dylora.errors import ConfigError
+from dylora.precision import check_base_dtype, device_type, resolve_precision
 
 MODEL_SOURCES = ("pretrained", "bundled", "tiny")
 FAMILIES = ("encoder", "decoder")
@@ -40,6 +41,7 @@ class ModelSpec:
     hub_id: str | None = None
     path: str | None = None
     max_length: int = 512
+    dtype: str = "fp32"  # the frozen base weights' dtype: fp32 | bf16 (adapters and head stay fp32)
     tiny: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -95,6 +97,8 @@ class TrainerSpec:
     group_by_length: bool = False  # batches of similar length (HF's group_by_length): less padding
     checkpoint_every: int = 100
     device: str = "auto"
+    precision: str = "auto"  # fp32 | bf16 | fp16 | auto (bf16 on a CUDA device that has it, else fp32)
+    tf32: bool = True  # TF32 matmuls and convolutions on CUDA (resolved to false elsewhere)
     init_from: str | None = None  # a task name: start from that task's finished adapter (MNLI trick)
     per_task: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -112,8 +116,9 @@ class TrainerSpec:
             raise ConfigError(f"trainer.warmup_steps={self.warmup_steps!r} must be a whole number >= 0 or null")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"trainer.label_smoothing={self.label_smoothing!r} must be in [0, 1)")
-        if not isinstance(self.group_by_length, bool):
-            raise ConfigError(f"trainer.group_by_length={self.group_by_length!r} must be true or false")
+        for name in ("group_by_length", "tf32"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"trainer.{name}={getattr(self, name)!r} must be true or false")
 
     def for_task(self, task: str) -> "TrainerSpec":
         """These values with the task's ``per_task`` overrides applied."""
@@ -170,7 +175,8 @@ class RunSpec:
         task = TaskSpec.from_dict(config["task"])
         model = _build(ModelSpec, "model", dict(config["model"]))
         _check_family(model, task)
-        trainer = _build(TrainerSpec, "trainer", dict(config["trainer"])).for_task(task.name)
+        trainer = _resolved(_build(TrainerSpec, "trainer", dict(config["trainer"])).for_task(task.name))
+        check_base_dtype(model.dtype, trainer.precision)
         if trainer.label_smoothing and model.family != "decoder":
             raise ConfigError(f"trainer.label_smoothing={trainer.label_smoothing} applies to nlg tasks only; "
                               f"set it to 0 for task={task.name}")
@@ -187,16 +193,25 @@ class RunSpec:
             trainer=trainer,
             data=_build(DataSpec, "data", dict(config["data"])),
             logger=_build(LoggerSpec, "logger", dict(config["logger"])),
-            config=_effective(config, task.name),
+            config=_effective(config, trainer),
         )
 
 
-def _effective(config: dict[str, Any], task: str) -> dict[str, Any]:
-    """``config`` with the task's ``trainer.per_task`` values applied and the table dropped: what the run
-    records and hashes are its own settings, so a change to another task's values renames no run."""
-    trainer = dict(config["trainer"])
-    overrides = (trainer.pop("per_task", None) or {}).get(task, {})
-    return {**config, "trainer": {**trainer, **overrides}}
+def _resolved(trainer: TrainerSpec) -> TrainerSpec:
+    """``trainer`` with its machine-dependent choices made: precision ``auto``, and TF32 (CUDA only)."""
+    device = device_type(trainer.device)
+    return replace(trainer, precision=resolve_precision(trainer.precision, device),
+                   tf32=trainer.tf32 and device == "cuda")
+
+
+def _effective(config: dict[str, Any], trainer: TrainerSpec) -> dict[str, Any]:
+    """``config`` as the run uses it: its task's ``trainer.per_task`` values applied and the table dropped
+    (a change to another task's values renames no run), precision and TF32 resolved (the record names
+    the numerics that ran)."""
+    values = dict(config["trainer"])
+    overrides = (values.pop("per_task", None) or {}).get(config["task"]["name"], {})
+    resolved = {"precision": trainer.precision, "tf32": trainer.tf32}
+    return {**config, "trainer": {**values, **overrides, **resolved}}
 
 
 def _check_family(model: ModelSpec, task: TaskSpec) -> None:

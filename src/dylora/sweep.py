@@ -1,6 +1,7 @@
 """Evaluation at every rank: merge the adapter at rank b, run the evaluation sets, unmerge.
 
 Merged weights make each evaluation cost one forward pass of the base model, whatever b is.
+Evaluation runs under the same autocast as training (``precision``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import torch
 from torch import nn
 
 from dylora.adapters import merged
+from dylora.precision import autocast
 from dylora.progress import bar as progress_bar
 
 
@@ -35,10 +37,13 @@ def rank_sweep(
     ranks: list[int],
     evaluate: Callable[[nn.Module, int], dict[str, dict[str, float]]],
     progress: bool = True,
+    precision: str = "fp32",
 ) -> Iterator[tuple[int, str, str, float]]:
     """Yield (rank, split, metric, value) for every rank; ``evaluate(model, rank)`` returns {split: {metric: value}}."""
+    device = next(model.parameters()).device
     for rank in progress_bar(ranks, desc="rank sweep", enabled=progress):
-        with merged(model, rank):
-            for split, values in evaluate(model, rank).items():
-                for metric, value in values.items():
-                    yield rank, split, metric, value
+        with merged(model, rank), autocast(precision, device):
+            results = evaluate(model, rank)
+        for split, values in results.items():
+            for metric, value in values.items():
+                yield rank, split, metric, value

@@ -4,7 +4,9 @@ Each optimisation step draws its rank b once (DyLoRA: ``rank_schedule``; LoRA: r
 it for all of that step's micro-batches. The data order of epoch e is a permutation seeded by
 (seed, e), so a run resumed from a checkpoint replays exactly the batches it had not yet seen;
 with the RNG state restored too, a resumed run ends bit-identical to an uninterrupted one.
-Under torch.distributed each process takes its slice of every global batch.
+Under torch.distributed each process takes its slice of every global batch. Forward and loss
+run under ``trainer.precision``'s autocast; the step losses stay on the device and are read every
+``READ_EVERY`` steps (and before each checkpoint), so no micro-batch waits for the host.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from transformers.trainer_pt_utils import get_length_grouped_indices
 from dylora.adapters import adapter_config, hold_untrained_rows, set_rank
 from dylora.adapters.io import adapter_state_dict
 from dylora.errors import TrainingError
+from dylora.precision import autocast, grad_scaler, resolve_precision
 from dylora.progress import bar as progress_bar
 from dylora.records import atomic_write_json, sha256_file
 from dylora.spec import TrainerSpec
@@ -64,6 +67,9 @@ class Callbacks:
 
     progress: bool = True
     on_step: Callable[[int, int, float], None] | None = None
+
+
+READ_EVERY = 10  # optimisation steps between reads of the losses (one host synchronisation each)
 
 
 @dataclass
@@ -130,13 +136,16 @@ def train(
     dataset, dist, device = data.train, where.dist, where.device
     forward = where.ddp_model or model
     optimizer = make_optimizer(model, trainer)
+    precision = resolve_precision(trainer.precision, device.type)  # RunSpec resolved it; a bare TrainerSpec may not
+    scaler = grad_scaler(precision, device)
     per_epoch, total = total_steps(len(dataset), trainer)
     lengths = [len(dataset[i]["input_ids"]) for i in range(len(dataset))] if trainer.group_by_length else None
     warmup = trainer.warmup_steps if trainer.warmup_steps is not None else math.ceil(trainer.warmup_ratio * total)
     result = TrainResult(steps=0, seconds=0.0)
     if checkpoint_dir is not None:
-        load_checkpoint(checkpoint_dir, model, optimizer, result)
+        load_checkpoint(checkpoint_dir, model, optimizer, result, scaler)
     bar = progress_bar(total=total, initial=result.steps, desc="train", enabled=callbacks.progress and dist.is_main)
+    pending: list[tuple[int, int, torch.Tensor]] = []  # (step, rank, loss on the device), not yet read
     start = time.perf_counter() - result.seconds
     model.train()
     while result.steps < total:
@@ -146,36 +155,54 @@ def train(
         for group in optimizer.param_groups:
             group["lr"] = trainer.lr * lr_factor(step, total, warmup)
         micro_batches = step_indices(len(dataset), step, per_epoch, trainer, seed, lengths)
-        loss = _accumulate(forward, dataset, data.collate, micro_batches, dist, device, data.loss)
-        if not math.isfinite(loss):
-            raise TrainingError(
-                f"the training loss became {loss} at step {step} (rank {rank}); lower trainer.lr (now {trainer.lr}) "
-                f"or check the data. The last checkpoint is kept in {checkpoint_dir}"
-            )
+        loss = _accumulate(forward, dataset, data.collate, micro_batches, dist, device, precision, scaler,
+                           data.loss)
         if trainer.max_grad_norm is not None:
+            scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], trainer.max_grad_norm)
         with hold_untrained_rows(model):
-            optimizer.step()
+            scaler.step(optimizer)
+        scaler.update()
         optimizer.zero_grad(set_to_none=True)
         result.steps, result.seconds = step + 1, time.perf_counter() - start
-        result.losses.append(loss)
-        result.ranks.append(rank)
+        pending.append((step, rank, loss))
         bar.update(1)
-        bar.set_postfix(loss=f"{loss:.4f}", rank=rank)
-        if callbacks.on_step is not None:
-            callbacks.on_step(step, rank, loss)
         at_checkpoint = result.steps % trainer.checkpoint_every == 0 or result.steps % per_epoch == 0
-        if checkpoint_dir is not None and dist.is_main and at_checkpoint and result.steps < total:
-            save_checkpoint(checkpoint_dir, model, optimizer, result)
+        checkpointing = checkpoint_dir is not None and dist.is_main and at_checkpoint and result.steps < total
+        if checkpointing or result.steps % READ_EVERY == 0 or result.steps == total:
+            _read_losses(pending, result, bar, callbacks, checkpoint_dir, trainer)
+        if checkpointing:
+            save_checkpoint(checkpoint_dir, model, optimizer, result, scaler)
     bar.close()
     set_rank(model, adapter_config(model).r_max)
     return result
 
 
-def _accumulate(forward, dataset, collate, micro_batches, dist: Distributed, device, loss_fn=None) -> float:
-    """Backward over one step's micro-batches (this process's slice); returns the step's mean loss."""
+def _read_losses(pending: list[tuple[int, int, torch.Tensor]], result: TrainResult, bar, callbacks: Callbacks,
+                 checkpoint_dir: Path | None, trainer: TrainerSpec) -> None:
+    """Bring the pending step losses to the host (one synchronisation), record and report them; a
+    non-finite loss stops training before anything after it is checkpointed."""
+    values = torch.stack([loss for _, _, loss in pending]).tolist()
+    for (step, rank, _), loss in zip(pending, values):
+        if not math.isfinite(loss):
+            raise TrainingError(
+                f"the training loss became {loss} at step {step} (rank {rank}); lower trainer.lr (now {trainer.lr}) "
+                f"or check the data. The last checkpoint is kept in {checkpoint_dir}"
+            )
+        result.losses.append(loss)
+        result.ranks.append(rank)
+        if callbacks.on_step is not None:
+            callbacks.on_step(step, rank, loss)
+    bar.set_postfix(loss=f"{values[-1]:.4f}", rank=pending[-1][1])
+    pending.clear()
+
+
+def _accumulate(forward, dataset, collate, micro_batches, dist: Distributed, device, precision: str,
+                scaler: torch.amp.GradScaler, loss_fn=None) -> torch.Tensor:
+    """Backward over one step's micro-batches (this process's slice); returns the step's mean loss, on the
+    device. Forward and loss run under ``precision``'s autocast, backward outside it (PyTorch's AMP recipe)."""
     n_step = sum(len(b) for b in micro_batches)
-    total_loss = 0.0
+    total_loss = torch.zeros((), device=device)
     for i, indices in enumerate(micro_batches):
         mine = indices[dist.rank :: dist.world]
         # DDP needs a backward from every process: a process with no example of this (short)
@@ -186,17 +213,16 @@ def _accumulate(forward, dataset, collate, micro_batches, dist: Distributed, dev
         weight = len(mine) * dist.world / n_step
         last = i == len(micro_batches) - 1
         with nullcontext() if last or not hasattr(forward, "no_sync") else forward.no_sync():  # one all-reduce per step
-            if loss_fn is None:
-                loss = forward(**batch).loss
-            else:
-                labels = batch.pop("labels")
-                loss = loss_fn(forward(**batch).logits, labels)
-            (loss * weight).backward()
-        total_loss += loss.item() * len(mine) / n_step
+            with autocast(precision, device):
+                if loss_fn is None:
+                    loss = forward(**batch).loss
+                else:
+                    labels = batch.pop("labels")
+                    loss = loss_fn(forward(**batch).logits, labels)
+            scaler.scale(loss * weight).backward()
+        total_loss += loss.detach().float() * (len(mine) / n_step)
     if dist.world > 1:  # the global batch's loss, so every process sees (and stops on) the same value
-        summed = torch.tensor([total_loss], dtype=torch.float64, device=device)
-        torch.distributed.all_reduce(summed)
-        total_loss = summed.item()
+        torch.distributed.all_reduce(total_loss)
     return total_loss
 
 
@@ -206,18 +232,21 @@ STATE = "state-{step}.safetensors"
 POINTER = "latest.json"
 
 
-def save_checkpoint(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer, result: TrainResult) -> None:
-    """Adapter, head, optimizer and RNG state as safetensors; ``latest.json`` (with its sha256) is
-    switched to it only once it is fully written, so a kill at any moment leaves a usable checkpoint."""
+def save_checkpoint(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer, result: TrainResult,
+                    scaler: torch.amp.GradScaler | None = None) -> None:
+    """Adapter, head, optimizer, loss scaler and RNG states (CPU and every CUDA device) as safetensors;
+    ``latest.json`` (with its sha256) is switched to it only once it is fully written, so a kill at any
+    moment leaves a usable checkpoint."""
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {f"model.{k}": v for k, v in adapter_state_dict(model).items()}
     opt = optimizer.state_dict()
     for index, state in opt["state"].items():
         for key, value in state.items():
             tensors[f"optim.{index}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
-    tensors["rng.torch"] = torch.get_rng_state()
+    tensors |= _rng_states()
     name = STATE.format(step=result.steps)
-    meta = {"param_groups": json.dumps(opt["param_groups"]), "result": json.dumps(result.__dict__)}
+    meta = {"param_groups": json.dumps(opt["param_groups"]), "result": json.dumps(result.__dict__),
+            "scaler": json.dumps(scaler.state_dict() if scaler is not None else {})}
     save_file(tensors, str(directory / f".{name}.tmp"), metadata=meta)
     (directory / f".{name}.tmp").replace(directory / name)
     atomic_write_json(directory / POINTER, {"file": name, "sha256": sha256_file(directory / name)})
@@ -226,8 +255,9 @@ def save_checkpoint(directory: Path, model: nn.Module, optimizer: torch.optim.Op
             old.unlink()
 
 
-def load_checkpoint(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer, result: TrainResult) -> bool:
-    """Restore the latest checkpoint into model/optimizer/result; False when there is none usable.
+def load_checkpoint(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer, result: TrainResult,
+                    scaler: torch.amp.GradScaler | None = None) -> bool:
+    """Restore the latest checkpoint into model/optimizer/result/scaler; False when there is none usable.
     A checkpoint whose checksum does not match is reported and ignored (training starts over)."""
     pointer = directory / POINTER
     if not pointer.exists():
@@ -255,10 +285,32 @@ def load_checkpoint(directory: Path, model: nn.Module, optimizer: torch.optim.Op
             _, index, name = key.split(".", 2)
             opt_state.setdefault(int(index), {})[name] = value
     optimizer.load_state_dict({"state": opt_state, "param_groups": json.loads(meta["param_groups"])})
-    torch.set_rng_state(tensors["rng.torch"])
+    _set_rng_states(tensors)
+    scaler_state = json.loads(meta.get("scaler", "{}"))
+    if scaler is not None and scaler_state:
+        scaler.load_state_dict(scaler_state)
     result.__dict__.update(json.loads(meta["result"]))
     tqdm.write(f"resuming from step {result.steps} ({path})", file=sys.stderr)
     return True
+
+
+def _rng_states() -> dict[str, torch.Tensor]:
+    """Every generator a run draws from: the CPU's, and each CUDA device's once CUDA is in use (dropout)."""
+    states = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states |= {f"rng.cuda.{i}": state for i, state in enumerate(torch.cuda.get_rng_state_all())}
+    return states
+
+
+def _set_rng_states(tensors: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda = [tensors[k] for k in sorted((k for k in tensors if k.startswith("rng.cuda.")), key=lambda k: int(k[9:]))]
+    if cuda:
+        if not torch.cuda.is_available() or len(cuda) != torch.cuda.device_count():
+            here = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            raise TrainingError(f"this checkpoint holds the RNG state of {len(cuda)} CUDA device(s), this machine has "
+                                f"{here}: resume it where it ran")
+        torch.cuda.set_rng_state_all(cuda)
 
 
 def _param_for(model: nn.Module, key: str, params: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -43,9 +43,9 @@ class DyLoRALayer(nn.Module):
             raise ConfigError(f"output slices {self.out_slices} must be equal-sized ranges inside 0..{d_out}")
         d_slice = sizes.pop()
         n = len(self.out_slices)
-        weight = base.weight
-        self.lora_A = nn.Parameter(weight.new_empty(n, config.r_max, d_in))
-        self.lora_B = nn.Parameter(weight.new_zeros(n, d_slice, config.r_max))
+        device = base.weight.device  # the adapter is fp32 whatever the base's dtype (it trains)
+        self.lora_A = nn.Parameter(torch.empty(n, config.r_max, d_in, device=device))
+        self.lora_B = nn.Parameter(torch.zeros(n, d_slice, config.r_max, device=device))
         for a in self.lora_A:  # the LoRA code's init: A Kaiming-uniform(a=sqrt 5), B zero
             nn.init.kaiming_uniform_(a, a=math.sqrt(5))
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
@@ -55,6 +55,7 @@ class DyLoRALayer(nn.Module):
         )
         self.rank = config.r_max
         self.merged_rank: int | None = None
+        self._unmerged: torch.Tensor | None = None  # the base weight as it was before merge()
 
     # ------------------------------------------------------------------ rank and its factors
 
@@ -105,40 +106,44 @@ class DyLoRALayer(nn.Module):
     # ------------------------------------------------------------------ merge
 
     def delta_weight(self, rank: int) -> torch.Tensor:
-        """s(b) * B[:, :b] @ A[:b] laid out as the base weight (d_out x d_in, or d_in x d_out for Conv1D)."""
+        """s(b) * B[:, :b] @ A[:b] in fp32, laid out as the base weight (d_out x d_in, or d_in x d_out for Conv1D)."""
         a, b = self.lora_A[:, :rank], self.lora_B[:, :, :rank]
         d_out = self.base.weight.shape[1] if self.fan_in_fan_out else self.base.weight.shape[0]
-        delta = self.base.weight.new_zeros(d_out, a.shape[-1])
+        delta = torch.zeros(d_out, a.shape[-1], dtype=a.dtype, device=a.device)
         delta[self._out_index] = (b @ a).flatten(0, 1) * self.config.scale(rank)
         return delta.T if self.fan_in_fan_out else delta
 
     @torch.no_grad()
-    def _fold(self, rank: int, sign: float) -> None:
-        """base.weight += sign * delta_weight(rank), in place. A full-output layer (every BERT/RoBERTa
-        target) does it in one fused addmm: no d_out x d_in temporaries, no index_put (the rank
-        sweep merges and unmerges every layer at every rank)."""
+    def _merged_weight(self, weight: torch.Tensor, rank: int) -> torch.Tensor:
+        """``weight`` + delta_weight(rank), summed in fp32 and cast once to the weight's dtype (a bf16
+        weight keeps ~3 significant digits: adding the update in bf16 would round much of it away). A
+        full-output layer (every BERT/RoBERTa target) does it in one fused addmm: no d_out x d_in
+        temporary for the update (the rank sweep merges every layer at every rank)."""
         if not self._full_output:
-            self.base.weight.add_(self.delta_weight(rank), alpha=sign)
-            return
+            return (weight.float() + self.delta_weight(rank)).to(weight.dtype)
         a, b = self.lora_A[0, :rank], self.lora_B[0, :, :rank]
-        scale = sign * self.config.scale(rank)
+        scale = self.config.scale(rank)
         if self.fan_in_fan_out:
-            self.base.weight.addmm_(a.T, b.T, alpha=scale)
-        else:
-            self.base.weight.addmm_(b, a, alpha=scale)
+            return torch.addmm(weight.float(), a.T, b.T, alpha=scale).to(weight.dtype)
+        return torch.addmm(weight.float(), b, a, alpha=scale).to(weight.dtype)
 
+    @torch.no_grad()
     def merge(self) -> None:
-        """Fold the adapter at the current rank into the base weight (for fast evaluation)."""
+        """Fold the adapter at the current rank into the base weight (for fast evaluation). The weight
+        as it was is kept, and ``unmerge`` restores it bit for bit (subtracting again would not be exact)."""
         if self.merged_rank is not None:
             return
-        self._fold(self.rank, 1.0)
+        self._unmerged = self.base.weight.detach().clone()
+        self.base.weight.copy_(self._merged_weight(self._unmerged, self.rank))
         self.merged_rank = self.rank
 
+    @torch.no_grad()
     def unmerge(self) -> None:
-        """Subtract exactly what ``merge`` added: the update at the rank it was merged at."""
+        """Put back the base weight exactly as it was before ``merge``."""
         if self.merged_rank is None:
             return
-        self._fold(self.merged_rank, -1.0)
+        self.base.weight.copy_(self._unmerged)
+        self._unmerged = None
         self.merged_rank = None
 
     def extra_repr(self) -> str:

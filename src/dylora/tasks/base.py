@@ -60,12 +60,12 @@ class NoOptions:
 
 
 def classification_data(train: list[dict], evals: dict[str, list[dict]], tokenizer, score, batch_size: int,
-                        device) -> TaskData:
-    """A classification task's data: rows padded per batch, every split of ``evals`` scored by
-    ``score(logits, labels)``."""
+                        device, pad_to: int | None = None) -> TaskData:
+    """A classification task's data: rows padded per batch (to a multiple of ``pad_to`` when given), every
+    split of ``evals`` scored by ``score(logits, labels)``."""
     from transformers import DataCollatorWithPadding
 
-    collate = DataCollatorWithPadding(tokenizer, return_tensors="pt")
+    collate = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_to, return_tensors="pt")
 
     def evaluate(model: nn.Module, rank: int) -> dict[str, dict[str, float]]:
         return {split: score(*predict(model, rows, collate, batch_size, device)) for split, rows in evals.items()}

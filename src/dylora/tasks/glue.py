@@ -18,8 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
+import torch
 
 from dylora.errors import DataError
+from dylora.precision import pad_multiple
 from dylora.tasks.base import NoOptions, TableMetric, TaskData, TaskKind, classification_data, rows
 
 HUB_DATASET = "nyu-mll/glue"
@@ -312,7 +314,8 @@ def build(spec, base, tokenizer, device, run_dir=None) -> TaskData:
     def score(logits, labels) -> dict[str, float]:
         return glue_metrics(name, logits_to_predictions(name, logits), labels.numpy())
 
-    return classification_data(train, tokenized, tokenizer, score, spec.trainer.eval_batch_size, device)
+    return classification_data(train, tokenized, tokenizer, score, spec.trainer.eval_batch_size, device,
+                               pad_multiple(spec.trainer.precision, torch.device(device).type))
 
 
 KIND = TaskKind("glue", "encoder", NoOptions, lambda task: get_task(task.name).num_labels, build, table_metric)

@@ -381,8 +381,11 @@ def _pad(enc: dict[str, list[int]], length: int, pad_id: int) -> dict[str, list[
     }
 
 
-def collate_lm(features: list[dict[str, list[int]]], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad `encode_for_lm` outputs to the longest in the batch, as tensors."""
+def collate_lm(features: list[dict[str, list[int]]], pad_token_id: int, multiple: int | None = None
+               ) -> dict[str, torch.Tensor]:
+    """Right-pad `encode_for_lm` outputs to the longest in the batch (rounded up to ``multiple``), as tensors."""
     length = max(len(f["input_ids"]) for f in features)
+    if multiple:
+        length = -(-length // multiple) * multiple
     padded = [_pad(f, length, pad_token_id) for f in features]
     return {k: torch.tensor([p[k] for p in padded], dtype=torch.long) for k in padded[0]}

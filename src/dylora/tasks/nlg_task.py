@@ -30,6 +30,7 @@ from torch import nn
 
 from dylora.errors import ConfigError
 from dylora.generation import generate_batch, postprocess
+from dylora.precision import pad_multiple
 from dylora.records import atomic_write_text
 from dylora.tasks.base import TableMetric, TaskData, TaskKind
 from dylora.tasks.nlg import IGNORE_INDEX, TASKS, NLGItem, collate_lm, encode_for_lm, load_nlg, select_webnlg
@@ -128,7 +129,8 @@ def build_nlg(spec, base, tokenizer, device, run_dir: Path | None = None) -> Tas
                      no_repeat_ngram_size=t.no_repeat_ngram_size, max_new_tokens=t.max_new_tokens,
                      batch_size=spec.trainer.eval_batch_size, max_prompt_tokens=room)
     evaluate = nlg_evaluator(task, data, t.webnlg_subsets, decode, run_dir)
-    return TaskData(train, partial(collate_lm, pad_token_id=pad), evaluate, loss)
+    multiple = pad_multiple(spec.trainer.precision, torch.device(device).type)
+    return TaskData(train, partial(collate_lm, pad_token_id=pad, multiple=multiple), evaluate, loss)
 
 
 def nlg_evaluator(task: str, splits: dict[str, list[NLGItem]], subsets: list[str], decode: Callable,

@@ -23,6 +23,7 @@ from torch import nn
 
 from dylora.adapters import AdapterConfig, adapter_layers, add_adapters
 from dylora.errors import ConfigError
+from dylora.precision import pad_multiple
 from dylora.tasks.base import TaskData, TaskKind, classification_data, rows
 
 DATA_SEED = 1234  # the task is the same for every run seed
@@ -120,7 +121,8 @@ def build(spec, base, tokenizer, device, run_dir=None) -> TaskData:
 
     evals = {"validation": rows(splits["validation"], spec.data.max_eval_samples)}
     return classification_data(rows(splits["train"], spec.data.max_train_samples), evals, tokenizer, score,
-                               spec.trainer.eval_batch_size, device)
+                               spec.trainer.eval_batch_size, device,
+                               pad_multiple(spec.trainer.precision, torch.device(device).type))
 
 
 KIND = TaskKind("synthetic", "encoder", SyntheticOptions, lambda task: task.options.num_labels, build)
