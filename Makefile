@@ -50,7 +50,7 @@ clean:
 ## are skipped, so running it again resumes. TASKS="..." SEEDS="..." narrow it; OVERRIDES="k=v ..."
 ## adds Hydra overrides. Runs under OUT_DIR (experiments), tables in RESULTS_DIR/table1 (results).
 ## reproduce-table1-cpu: the same on the bundled MiniLM with the cpu preset (conf/preset/cpu.yaml),
-## GLUE_DIR default ../shared/data/glue, TASKS default "mrpc stsb cola rte", one seed; JOBS runs
+## GLUE_DIR default ../shared/data/glue, TASKS default "mrpc stsb cola rte", seeds 42 43 44; JOBS runs
 ## side by side (default 2, one thread each: faster on 2 cores than one job on two threads).
 ## Runs start in TASKS order: the longest first, so the two workers finish close together.
 OUT_DIR     ?= experiments
@@ -60,7 +60,7 @@ reproduce-table1: TASKS ?= mnli sst2 mrpc cola qnli qqp rte stsb
 reproduce-table1: SEEDS ?= 10 42 4242 1010
 reproduce-table1: TABLE1_EXPERIMENT = table1
 reproduce-table1-cpu: TASKS ?= mrpc stsb cola rte
-reproduce-table1-cpu: SEEDS ?= 42
+reproduce-table1-cpu: SEEDS ?= 42 43 44
 reproduce-table1-cpu: GLUE_DIR ?= ../shared/data/glue
 reproduce-table1-cpu: TABLE1_EXPERIMENT = table1_cpu
 reproduce-table1-cpu: JOBS ?= 2
