@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from dylora import records
 from dylora.cli.compose import compose_config, compose_spec
@@ -79,10 +80,11 @@ def test_run_directory_name_ignores_output_paths(glue_dir):
 
 
 @pytest.mark.slow
-def test_sigkilled_run_resumes_and_ends_with_identical_metrics(tmp_path, glue_dir):
+@pytest.mark.parametrize("precision", [[], ["trainer.precision=bf16", "model.dtype=bf16"]], ids=["fp32", "bf16"])
+def test_sigkilled_run_resumes_and_ends_with_identical_metrics(tmp_path, glue_dir, precision):
     args = tiny_overrides("task=sst2", f"data.glue_dir={glue_dir}", "trainer.max_steps=60",
                           "trainer.checkpoint_every=5",
-                          "data.max_train_samples=40", "++model.tiny.hidden_dropout_prob=0.1")
+                          "data.max_train_samples=40", "++model.tiny.hidden_dropout_prob=0.1", *precision)
     reference = execute(compose_spec([*args, f"out_dir={tmp_path / 'reference'}"]), progress=False)
 
     out = tmp_path / "killed"
@@ -107,6 +109,8 @@ def test_sigkilled_run_resumes_and_ends_with_identical_metrics(tmp_path, glue_di
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming from step" in resumed.stderr
     assert (run_dir / records.METRICS).read_text() == (reference / records.METRICS).read_text()
+    got, want = load_file(run_dir / records.ADAPTER), load_file(reference / records.ADAPTER)
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
 
 
 def test_wandb_offline_run_holds_the_rank_table(tmp_path, glue_dir, monkeypatch):

@@ -29,6 +29,11 @@ def base_dims(base: nn.Module) -> tuple[int, int, bool]:
     raise ConfigError(f"cannot adapt a {type(base).__name__}: only nn.Linear and GPT-2 Conv1D are supported")
 
 
+def _no_autocast(tensor: torch.Tensor) -> torch.autocast:
+    """Merging computes in fp32 even when called inside an autocast region."""
+    return torch.autocast(tensor.device.type, enabled=False)
+
+
 class DyLoRALayer(nn.Module):
     """A frozen ``base`` layer with a dynamic low-rank adapter on ``out_slices`` of its output."""
 
@@ -110,7 +115,8 @@ class DyLoRALayer(nn.Module):
         a, b = self.lora_A[:, :rank], self.lora_B[:, :, :rank]
         d_out = self.base.weight.shape[1] if self.fan_in_fan_out else self.base.weight.shape[0]
         delta = torch.zeros(d_out, a.shape[-1], dtype=a.dtype, device=a.device)
-        delta[self._out_index] = (b @ a).flatten(0, 1) * self.config.scale(rank)
+        with _no_autocast(a):
+            delta[self._out_index] = (b @ a).flatten(0, 1) * self.config.scale(rank)
         return delta.T if self.fan_in_fan_out else delta
 
     @torch.no_grad()
@@ -123,9 +129,10 @@ class DyLoRALayer(nn.Module):
             return (weight.float() + self.delta_weight(rank)).to(weight.dtype)
         a, b = self.lora_A[0, :rank], self.lora_B[0, :, :rank]
         scale = self.config.scale(rank)
-        if self.fan_in_fan_out:
-            return torch.addmm(weight.float(), a.T, b.T, alpha=scale).to(weight.dtype)
-        return torch.addmm(weight.float(), b, a, alpha=scale).to(weight.dtype)
+        with _no_autocast(a):
+            if self.fan_in_fan_out:
+                return torch.addmm(weight.float(), a.T, b.T, alpha=scale).to(weight.dtype)
+            return torch.addmm(weight.float(), b, a, alpha=scale).to(weight.dtype)
 
     @torch.no_grad()
     def merge(self) -> None:
