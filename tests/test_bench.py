@@ -14,7 +14,8 @@ from dylora.lab.bench import Options, median_iqr, parse_options, parser
 from helpers import REPO, run_cli, tiny_overrides
 
 SEARCH = tiny_overrides("task=synthetic", "task.n_train=40", "task.n_eval=16", "task.seq_len=8", "method.r_max=2")
-KEYS = ("train_step_ratio", "peak_memory_ratio", "sweep_ratio", "search_speedup")
+KEYS = ("train_step_ratio", "peak_memory_ratio", "sweep_ratio", "search_speedup", "bf16_step_ratio",
+        "train_step_ratio_bf16", "peak_memory_ratio_bf16")
 
 
 def test_median_iqr_matches_a_hand_computation():
@@ -79,8 +80,12 @@ def test_bench_writes_every_ratio(tmp_path):
     # each ratio recomputed from the raw measurements it reports
     steps = raw["train_step_seconds"]
     assert result["train_step_ratio"] == pytest.approx(steps["dylora"][0] / steps["peft"][0])  # one repeat: one pair
+    assert result["bf16_step_ratio"] == pytest.approx(steps["dylora_bf16"][0] / steps["dylora"][0])
+    assert result["train_step_ratio_bf16"] == pytest.approx(steps["dylora_bf16"][0] / steps["peft_bf16"][0])
     mem = raw["peak_memory_bytes"]
     assert result["peak_memory_ratio"] == pytest.approx((mem["dylora"] - mem["none"]) / (mem["peft"] - mem["none"]))
+    assert result["peak_memory_ratio_bf16"] == pytest.approx(
+        (mem["dylora_bf16"] - mem["none_bf16"]) / (mem["peft_bf16"] - mem["none_bf16"]))
     sweeps = raw["sweep_seconds"]
     assert result["sweep_ratio"] == pytest.approx(
         (statistics.median(sweeps["sweep_rank1"]) + statistics.median(sweeps["sweep_rank2"]))
@@ -91,4 +96,4 @@ def test_bench_writes_every_ratio(tmp_path):
     dylora = sum(r["train_seconds"] for r in runs if r["method"] == "dylora")
     assert [r["r_max"] for r in runs] == [1, 2, 2]
     assert result["search_speedup"] == pytest.approx(lora / dylora)
-    assert "train_step_ratio" in proc.stdout  # the printed table
+    assert "train_step_ratio" in proc.stdout and "bf16_step_ratio" in proc.stdout  # the printed table

@@ -3,7 +3,7 @@
     python -m dylora.lab.bench [--model minilm|tiny] [--batch N] [--seq N] [--r-max N] [--repeats N] [--steps N]
                                [--eval-batches N] [--out PATH] [--device D] [--search OVERRIDE ...]
 
-Four ratios, each with its target:
+Four ratios in fp32, each with its target, and three in bf16:
 
 1. ``train_step_ratio``: one training step (forward, backward, AdamW step) of our adapter at the
    rank ``rank_schedule`` samples / one step of ``peft`` LoRA at r = r_max on the same model and
@@ -16,6 +16,10 @@ Four ratios, each with its target:
    model without adapters (<= 1.10), timed rank by rank alternating with a plain evaluation.
 4. ``search_speedup``: the search-cost experiment (``dylora.lab.search_cost``) run here: training seconds
    of LoRA at every rank 1..r_max / those of one DyLoRA run (>= 0.9 x r_max).
+5. ``bf16_step_ratio``: DyLoRA's training step under bf16 autocast (the base stays fp32, as in the cpu
+   preset) / its fp32 step, paired within each repeat as in 1 (<= 0.75 on CPUs with avx512_bf16; a CPU
+   without bf16 instructions emulates them and is slower, which the ratio then shows).
+6. ``train_step_ratio_bf16`` and ``peak_memory_ratio_bf16``: 1 and 2 with both variants in bf16 (<= 1.05).
 """
 
 from __future__ import annotations
@@ -35,7 +39,10 @@ import torch
 
 from dylora.errors import ConfigError, DyLoRAError
 
-TARGETS = {"train_step_ratio": ("<=", 1.05), "peak_memory_ratio": ("<=", 1.05), "sweep_ratio": ("<=", 1.10)}
+TARGETS = {"train_step_ratio": ("<=", 1.05), "peak_memory_ratio": ("<=", 1.05), "sweep_ratio": ("<=", 1.10),
+           "bf16_step_ratio": ("<=", 0.75), "train_step_ratio_bf16": ("<=", 1.05),
+           "peak_memory_ratio_bf16": ("<=", 1.05)}
+PRECISIONS = ("fp32", "bf16")
 TINY = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
 SEARCH_DEFAULT = ["experiment=search_cost_cpu"]
 MODELS = ("minilm", "tiny")
@@ -126,20 +133,26 @@ def with_adapter(variant: str, opts: Options, device: torch.device):
 
 
 class Trainer:
-    """One variant's model, optimiser and rank schedule; ``step`` is one full training step."""
+    """One variant's model, optimiser and rank schedule; ``step`` is one full training step, forward and
+    loss under ``precision``'s autocast (as ``dylora.train``)."""
 
-    def __init__(self, variant: str, opts: Options, device: torch.device):
+    def __init__(self, variant: str, opts: Options, device: torch.device, precision: str = "fp32"):
         self.model, self.schedule = with_adapter(variant, opts, device)
         self.model.train()
         self.optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=1e-4)
+        self.device, self.precision = device, precision
         self.t = 0
 
     def step(self, batch: dict) -> None:
+        from dylora.precision import autocast
+
         if self.schedule is not None:
             from dylora.adapters import set_rank
 
             set_rank(self.model, self.schedule(self.t))
-        self.model(**batch).loss.backward()
+        with autocast(self.precision, self.device):
+            loss = self.model(**batch).loss
+        loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.t += 1
@@ -149,9 +162,10 @@ class Trainer:
 
 
 def train_step_times(opts: Options, device: torch.device) -> dict[str, list[float]]:
-    """Seconds per training step of dylora and peft, the variants alternating within each repeat."""
+    """Seconds per training step of dylora and peft in fp32 and in bf16 (keys ``dylora``, ``peft``,
+    ``dylora_bf16``, ``peft_bf16``), the four alternating within each repeat."""
     data = batches(base_model(opts, device), opts, opts.steps, device)
-    trainers = {v: Trainer(v, opts, device) for v in ("dylora", "peft")}
+    trainers = {_name(v, p): Trainer(v, opts, device, p) for p in PRECISIONS for v in ("dylora", "peft")}
     for trainer in trainers.values():  # warm-up: allocator, kernels, AdamW state
         trainer.step(data[0])
     times: dict[str, list[float]] = {v: [] for v in trainers}
@@ -170,13 +184,17 @@ def train_step_times(opts: Options, device: torch.device) -> dict[str, list[floa
 # ---------------------------------------------------------------------------- 2. peak memory
 
 
-def peak_memory_child(variant: str, opts: Options) -> int:
+def _name(variant: str, precision: str) -> str:
+    return variant if precision == "fp32" else f"{variant}_{precision}"
+
+
+def peak_memory_child(variant: str, opts: Options, precision: str = "fp32") -> int:
     """Peak bytes that a few training steps of ``variant`` add to what this (fresh) process holds
     once the model is loaded."""
     import peft  # noqa: F401  every variant imports the same libraries, so their RSS is comparable
 
     device = pick_device(opts.device)
-    trainer = Trainer(variant, opts, device)
+    trainer = Trainer(variant, opts, device, precision)
     data = batches(trainer.model, opts, 1, device)
     gc.collect()
     if device.type == "cuda":
@@ -214,9 +232,10 @@ def _reset_peak_rss() -> int:
 
 
 def peak_memory(opts: Options) -> dict[str, int]:
+    """Peak bytes of each variant in each precision (keys as ``train_step_times``), each in a fresh process."""
     peaks = {}
-    for variant in ("none", "dylora", "peft"):
-        args = [sys.executable, "-m", "dylora.lab.bench", f"--child={variant}", f"--model={opts.model}",
+    for precision, variant in ((p, v) for p in PRECISIONS for v in ("none", "dylora", "peft")):
+        args = [sys.executable, "-m", "dylora.lab.bench", f"--child={variant}:{precision}", f"--model={opts.model}",
                 f"--batch={opts.batch}", f"--seq={opts.seq}", f"--r-max={opts.r_max}", f"--device={opts.device}"]
         # glibc otherwise raises its mmap threshold as tensors are freed and keeps freed memory for
         # reuse, which hides later allocations from the peak RSS
@@ -224,7 +243,7 @@ def peak_memory(opts: Options) -> dict[str, int]:
         out = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env)
         if out.returncode != 0:
             raise RuntimeError(f"the {variant} memory process failed:\n{out.stderr[-2000:]}")
-        peaks[variant] = int(out.stdout.strip().splitlines()[-1])
+        peaks[_name(variant, precision)] = int(out.stdout.strip().splitlines()[-1])
     return peaks
 
 
@@ -300,15 +319,18 @@ def bench(opts: Options) -> dict:
     sweeps = sweep_times(opts, device)
     searched = search(opts.search)
     step_stats = {v: median_iqr(t) for v, t in steps.items()}
-    # the two variants of one repeat ran back to back: their ratio is robust to a changing CPU load
-    paired = median_iqr([d / p for d, p in zip(steps["dylora"], steps["peft"])])
+    # the variants of one repeat ran back to back: their ratio is robust to a changing CPU load
+    paired = {name: median_iqr([a / b for a, b in zip(steps[num], steps[den])])
+              for name, (num, den) in PAIRS.items()}
     sweep_seconds, plain_seconds = sweep_ratio(sweeps, opts.r_max)
     sweep_stats = {v: median_iqr(t) for v, t in sweeps.items()}
-    extra = {v: memory[v] - memory["none"] for v in ("dylora", "peft")}
+    extra = {_name(v, p): memory[_name(v, p)] - memory[_name("none", p)]
+             for p in PRECISIONS for v in ("dylora", "peft")}
     r_max = searched["summary"]["r_max"]
     return {
-        "train_step_ratio": paired["median"],
-        "peak_memory_ratio": extra["dylora"] / extra["peft"] if extra["peft"] > 0 else float("nan"),
+        **{name: stats["median"] for name, stats in paired.items()},
+        "peak_memory_ratio": _ratio(extra["dylora"], extra["peft"]),
+        "peak_memory_ratio_bf16": _ratio(extra["dylora_bf16"], extra["peft_bf16"]),
         "sweep_ratio": sweep_seconds / (opts.r_max * plain_seconds),
         "search_speedup": searched["summary"]["train_speedup"],
         "search_speedup_with_eval": searched["summary"]["speedup"],
@@ -320,7 +342,7 @@ def bench(opts: Options) -> dict:
         "sizes": {"batch": opts.batch, "seq": opts.seq, "repeats": opts.repeats, "steps": opts.steps,
                   "eval_batches": opts.eval_batches},
         "raw": {
-            "train_step_seconds": steps, "train_step": step_stats, "train_step_paired_ratio": paired,
+            "train_step_seconds": steps, "train_step": step_stats, "paired_ratios": paired,
             "train_step_ratio_of_medians": step_stats["dylora"]["median"] / step_stats["peft"]["median"],
             "peak_memory_bytes": memory, "memory_over_baseline_bytes": extra,
             "sweep_seconds": sweeps, "sweep": sweep_stats, "sweep_total_seconds": sweep_seconds,
@@ -329,32 +351,50 @@ def bench(opts: Options) -> dict:
     }
 
 
+# step-time ratios: (numerator, denominator) series of train_step_times, paired within each repeat
+PAIRS = {"train_step_ratio": ("dylora", "peft"), "bf16_step_ratio": ("dylora_bf16", "dylora"),
+         "train_step_ratio_bf16": ("dylora_bf16", "peft_bf16")}
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b > 0 else float("nan")
+
+
 def table(result: dict) -> str:
     raw = result["raw"]
-    s = raw["train_step"]
+    s, paired, extra = raw["train_step"], raw["paired_ratios"], raw["memory_over_baseline_bytes"]
     targets = {**TARGETS, "search_speedup": (">=", round(0.9 * result["search_r_max"], 2))}
+
+    def steps(name: str) -> str:
+        num, den = PAIRS[name]
+        return (f"median of {s[num]['n']} paired ratios (IQR {paired[name]['iqr']:.3f}); "
+                f"{num} {s[num]['median'] * 1e3:.1f} ms (IQR {s[num]['iqr'] * 1e3:.1f}), "
+                f"{den} {s[den]['median'] * 1e3:.1f} ms (IQR {s[den]['iqr'] * 1e3:.1f})")
+
+    def memory(suffix: str) -> str:
+        return (f"dylora +{extra['dylora' + suffix] / 2**20:.1f} MiB / peft +{extra['peft' + suffix] / 2**20:.1f} MiB "
+                "over the head-only baseline")
+
     rows = [
-        ("train_step_ratio", f"median of {s['dylora']['n']} paired ratios "
-                             f"(IQR {raw['train_step_paired_ratio']['iqr']:.3f}); "
-                             f"dylora {s['dylora']['median'] * 1e3:.1f} ms (IQR {s['dylora']['iqr'] * 1e3:.1f}), "
-                             f"peft {s['peft']['median'] * 1e3:.1f} ms (IQR {s['peft']['iqr'] * 1e3:.1f})"),
-        ("peak_memory_ratio", f"dylora +{raw['memory_over_baseline_bytes']['dylora'] / 2**20:.1f} MiB / "
-                              f"peft +{raw['memory_over_baseline_bytes']['peft'] / 2**20:.1f} MiB "
-                              "over the head-only baseline"),
+        ("train_step_ratio", steps("train_step_ratio")),
+        ("peak_memory_ratio", memory("")),
         ("sweep_ratio", f"sweep 1..{result['r_max']} {raw['sweep_total_seconds']:.3f} s / {result['r_max']} x "
                         f"one plain evaluation {raw['plain_eval_seconds']:.3f} s"),
         ("search_speedup", f"{raw['search']['summary']['lora_trainings']} LoRA trainings "
                            f"{raw['search']['summary']['lora_train_seconds']:.1f} s / 1 DyLoRA training "
                            f"{raw['search']['summary']['dylora_train_seconds']:.1f} s"),
+        ("bf16_step_ratio", steps("bf16_step_ratio")),
+        ("train_step_ratio_bf16", steps("train_step_ratio_bf16")),
+        ("peak_memory_ratio_bf16", memory("_bf16")),
     ]
     lines = [f"bench on {result['device']} ({result['torch_threads']} threads), model {result['model']}, "
              f"batch {result['sizes']['batch']}, seq {result['sizes']['seq']}, r_max {result['r_max']}",
-             f"{'ratio':<18} {'value':>8} {'target':>8}  ok   measured"]
+             f"{'ratio':<22} {'value':>8} {'target':>8}  ok   measured"]
     for key, detail in rows:
         op, bound = targets[key]
         value = result[key]
         ok = value <= bound if op == "<=" else value >= bound
-        lines.append(f"{key:<18} {value:>8.3f} {op + str(bound):>8}  {'yes' if ok else 'NO ':<4} {detail}")
+        lines.append(f"{key:<22} {value:>8.3f} {op + str(bound):>8}  {'yes' if ok else 'NO ':<4} {detail}")
     return "\n".join(lines)
 
 
@@ -396,7 +436,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         opts, child = parse_options(argv)
         if child is not None:
-            print(peak_memory_child(child, opts))
+            variant, _, precision = child.partition(":")
+            print(peak_memory_child(variant, opts, precision or "fp32"))
             return
         started = time.perf_counter()
         result = bench(opts)
