@@ -256,3 +256,16 @@ def test_merged_context_restores_the_weight_even_when_evaluation_fails():
         with merged(model, 2):
             raise RuntimeError("boom")
     assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+
+
+def test_a_half_precision_checkpoint_loads_in_fp32_and_model_dtype_casts_the_frozen_part(tmp_path):
+    fresh = load_model(ModelSpec(name="tiny", source="tiny", max_length=32, tiny={"hidden_size": 32,
+                       "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}),
+                       load_tokenizer(ModelSpec(name="tiny", source="tiny")), 2)
+    fresh.half().save_pretrained(tmp_path)  # as many hub checkpoints are stored
+    loaded = load_model(ModelSpec(name="saved", path=str(tmp_path), max_length=32), None, 2)
+    assert {p.dtype for p in loaded.parameters()} == {torch.float32}
+    add_adapters(loaded, AdapterConfig(r_max=2, alpha=4))
+    cast_frozen(loaded, "bf16")
+    assert {p.dtype for p in loaded.parameters() if p.requires_grad} == {torch.float32}
+    assert {p.dtype for p in loaded.parameters() if not p.requires_grad} == {torch.bfloat16}

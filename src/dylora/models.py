@@ -51,7 +51,9 @@ def load_model(spec: ModelSpec, tokenizer, num_labels: int | None = None) -> Pre
         raise ConfigError(f"model {spec.name!r} is an encoder: the task must give its number of labels")
     if spec.source == "tiny":
         return _tiny(spec, tokenizer, num_labels)
-    kwargs = {"local_files_only": _is_local(spec)}
+    # fp32 whatever the checkpoint's dtype (transformers 5 loads a checkpoint's own by default): the head
+    # trains in fp32, and model.dtype then casts the frozen weights (dylora.precision.cast_frozen)
+    kwargs = {"local_files_only": _is_local(spec), "dtype": torch.float32}
     try:
         if spec.family == "decoder":
             return AutoModelForCausalLM.from_pretrained(_location(spec), **kwargs)
