@@ -27,10 +27,10 @@ def test_median_iqr_matches_a_hand_computation():
 
 def test_a_full_command_line_is_parsed_to_its_options():
     opts, child = parse_options([
-        "--model=tiny", "--batch", "4", "--seq=32", "--r-max=4", "--repeats=3", "--steps", "2",
+        "--model=tiny", "--model-path=m", "--batch", "4", "--seq=32", "--r-max=4", "--repeats=3", "--steps", "2",
         "--eval-batches=5", "--out=x/b.json", "--device", "cpu", "--search=a=1", "--search", "b=2", "--child=peft",
     ])
-    assert opts == Options(model="tiny", batch=4, seq=32, r_max=4, repeats=3, steps=2, eval_batches=5,
+    assert opts == Options(model="tiny", model_path="m", batch=4, seq=32, r_max=4, repeats=3, steps=2, eval_batches=5,
                            out="x/b.json", device="cpu", search=["a=1", "b=2"])
     assert child == "peft"
 

@@ -220,6 +220,22 @@ def test_footnote_names_the_tasks_a_per_task_setting_holds_for(tmp_path):
         assert expected in md, expected
 
 
+def test_footnote_names_the_numerics_and_counts_older_records_as_fp32(tmp_path, results):
+    # the module's runs have no precision keys (recorded before the options existed): they ran fp32
+    assert "precision fp32 (base weights fp32, TF32 false);" in (results / "table1.md").read_text()
+    for task in ("sst2", "mrpc"):
+        for method in ("lora", "dylora"):
+            write_run(tmp_path / "exp", task, method, 0, trainer={"precision": "bf16", "tf32": task == "mrpc"})
+    report.build_report(tmp_path / "exp", tmp_path / "res")
+    md = (tmp_path / "res" / EXPERIMENT / "table1.md").read_text()
+    for expected in ("precision bf16 (base weights fp32, TF32 false (mrpc true));",
+                     "Departure from the paper: trainer.precision bf16: forward passes under bf16 autocast "
+                     "(paper: fp32).",
+                     "Departure from the paper (mrpc): trainer.tf32 true: TF32 matmuls (paper: fp32 on V100s)."):
+        assert expected in md, expected
+    assert "model.dtype" not in md
+
+
 def test_missing_and_unfinished_runs_are_listed(results):
     for name in ("table1.md", "table2.md", "summary.md"):
         section = (results / name).read_text().split("## Missing or unfinished runs")[1]

@@ -129,7 +129,8 @@ def test_make_reproduce_table1_cpu_runs_plans_and_reports(tmp_path):
     out, res = tmp_path / "exp", tmp_path / "res"
     tiny = ("trainer.max_steps=2 trainer.batch_size=4 trainer.eval_batch_size=8 model.max_length=32 "
             "method.eval_ranks=[1,8]")
-    result = _make("reproduce-table1-cpu", f"GLUE_DIR={glue}", "TASKS=rte", f"OUT_DIR={out}", f"RESULTS_DIR={res}",
+    result = _make("reproduce-table1-cpu", f"GLUE_DIR={glue}", "TASKS=rte", "SEEDS=42", f"OUT_DIR={out}",
+                   f"RESULTS_DIR={res}",
                    f"OVERRIDES={tiny}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "plan: experiment table1_cpu: 3 runs" in result.stdout

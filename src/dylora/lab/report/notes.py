@@ -21,13 +21,15 @@ PAPER_SETUP = {
 PAPER_UPDATE_RULE = {"dylora": "all", "dylora_frozen": "frozen"}
 
 
-def setting_values(runs: list[RunRecord], dotted: str) -> str:
-    """A setting over the runs: "4", or "4 (cola 6, rte 2)" when some tasks' runs (per_task) differ."""
+def setting_values(runs: list[RunRecord], dotted: str, default: Any = None) -> str:
+    """A setting over the runs: "4", or "4 (cola 6, rte 2)" when some tasks' runs (per_task) differ.
+    Runs recorded before the setting existed count as ``default`` (None: they are left out)."""
     found: dict[str, set[str]] = {}
     for r in runs:
         value = config_value(r.config, dotted)
+        value = default if value is None else value
         if value is not None:
-            found.setdefault(r.task, set()).add(str(value))
+            found.setdefault(r.task, set()).add(str(value).lower() if isinstance(value, bool) else str(value))
     if not found:
         return "unset"
     by_task = {task: "/".join(sorted(found[task])) for task in task_order(found)}
@@ -46,6 +48,9 @@ def settings_notes(exp: Experiment) -> list[str]:
         f"seeds {', '.join(map(str, seeds)) or 'none'} ({len(seeds)}); "
         f"epochs {setting_values(runs, 'trainer.epochs')}; max_steps {setting_values(runs, 'trainer.max_steps')}; "
         f"lr {setting_values(runs, 'trainer.lr')}; batch size {setting_values(runs, 'trainer.batch_size')}; "
+        f"precision {setting_values(runs, 'trainer.precision', 'fp32')} "
+        f"(base weights {setting_values(runs, 'model.dtype', 'fp32')}, "
+        f"TF32 {setting_values(runs, 'trainer.tf32', False)}); "
         f"max_train_samples {setting_values(runs, 'data.max_train_samples')}; "
         f"max_eval_samples {setting_values(runs, 'data.max_eval_samples')}."
     ]
@@ -125,6 +130,13 @@ def _run_departures(r: RunRecord) -> Iterator[str]:
         cap = _number(config_value(c, key))
         if cap is not None and cap > 0:  # null or -1 means "no cap"
             yield f"{key} {config_value(c, key)} caps training or evaluation (paper: no cap)"
+    precision = config_value(c, "trainer.precision")
+    if precision not in (None, "fp32"):
+        yield f"trainer.precision {precision}: forward passes under {precision} autocast (paper: fp32)"
+    if config_value(c, "model.dtype") not in (None, "fp32"):
+        yield f"model.dtype {config_value(c, 'model.dtype')}: frozen base weights stored so (paper: fp32)"
+    if config_value(c, "trainer.tf32") is True:
+        yield "trainer.tf32 true: TF32 matmuls (paper: fp32 on V100s)"
     if config_value(c, "trainer.group_by_length") is True:
         yield "trainer.group_by_length true: batches of similar length (paper: random batches)"
     if config_value(c, "preset") != "paper":
