@@ -15,6 +15,7 @@ RESULTS=$(realpath -m "${2:-${OUT:-/tmp/dylora-gpu-check}}")
 EPOCHS=${EPOCHS:-10}
 DEVICE=${DEVICE:-cuda}    # DEVICE=cpu runs the same steps on a CPU: a check of this script, not of the GPU
 BENCH_ARGS=${BENCH_ARGS:-}  # e.g. "--repeats=2 --batch=4 --seq=32" for a quick pass
+RUN_ARGS=${RUN_ARGS:-}      # more Hydra overrides of step 3, e.g. "data.max_eval_samples=50"
 PYTHON=${PYTHON:-python3}
 SITE=/tmp/dylora-gpu-site
 status=0
@@ -58,9 +59,10 @@ timed "$PYTHON" -m dylora.lab.bench --device "$DEVICE" --model-path "$BUNDLE/min
 
 step "3. LoRA vs DyLoRA, MiniLM, MRPC and STS-B, bf16, $EPOCHS epochs"
 RUNS="$RESULTS/runs"
+# shellcheck disable=SC2086  # RUN_ARGS is a list of overrides
 timed "$PYTHON" -m dylora.run -m experiment=table1_cpu task=mrpc,stsb method=lora,dylora seed=42 \
   model.path="$BUNDLE/minilm" data.glue_dir="$BUNDLE/glue" trainer.precision=bf16 trainer.device="$DEVICE" \
-  trainer.epochs="$EPOCHS" out_dir="$RUNS" 2>&1 | grep -E "^(done|skip|error|warning)|Error" 
+  trainer.epochs="$EPOCHS" out_dir="$RUNS" $RUN_ARGS 2>&1 | grep -E "^(done|skip|error|warning)|Error" 
 "$PYTHON" - "$RUNS" <<'PY'
 import json, sys
 from pathlib import Path
