@@ -10,7 +10,7 @@ import torch
 from dylora import records
 from dylora.adapters import load_adapter, merged
 from dylora.cli.compose import compose_spec
-from dylora.errors import ConfigError
+from dylora.errors import ConfigError, DataError
 from dylora.generation import generate_batch, postprocess
 from dylora.models import load_model, load_tokenizer
 from dylora.runner import execute
@@ -170,3 +170,13 @@ def test_cli_missing_nlg_files_fail_with_one_line(tmp_path):
     assert result.returncode == 1, result.stderr[-2000:]
     assert "dart-v1.1.1-full-train.json not found" in result.stderr, result.stderr[-2000:]
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+@pytest.mark.parametrize("task", ["e2e", "dart"])
+def test_empty_training_data_is_an_error_not_a_finished_run(task, tmp_path):
+    nlg_dir = write_nlg_dir(tmp_path / "nlg", task)
+    train = next(p for p in nlg_dir.rglob("*") if p.is_file() and "train" in p.name)
+    train.write_text("" if task == "e2e" else "[]")
+    spec = compose_spec(nlg_overrides(task, nlg_dir, tmp_path / "exp"))
+    with pytest.raises(DataError, match=f"task {task} has no training rows .*check its training file"):
+        build_task(spec, None, load_tokenizer(spec.model), "cpu")

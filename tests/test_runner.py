@@ -136,12 +136,18 @@ def test_wandb_offline_run_holds_the_rank_table(tmp_path, glue_dir, monkeypatch)
 def test_invalid_values_are_refused_before_anything_runs(glue_dir):
     cases = [
         (["method.r_min=3"], "r_min=3 is larger than r_max=2"),
-        (["method.eval_ranks=[0,2]"], r"eval_ranks=\[0, 2\] must be ranks within 1..r_max=2"),
+        (["method.eval_ranks=[0,2]"], r"eval_ranks=\[0, 2\] must be a list of whole ranks within 1..r_max=2"),
         (["method.eval_ranks=[3]"], r"within 1..r_max=2"),
+        (["method.eval_ranks=[1.5,2]"], r"eval_ranks=\[1.5, 2\] must be a list of whole ranks"),  # not rank 1
+        (["method.eval_ranks=[a]"], r"eval_ranks=\['a'\] must be a list of whole ranks"),
+        (["method.eval_ranks=2"], r"eval_ranks=2 must be a list of whole ranks .* e.g. method.eval_ranks=\[1,2,2\]"),
+        (["model.path=/tmp"], r"model=tiny-roberta has random weights and reads no folder: drop model.path=/tmp"),
         (["trainer.lr=-1"], r"trainer.lr=-1"),
         (["+method.rank=3"], r"unknown adapter option\(s\) \['rank'\]"),
         (["seed=-1"], "seed=-1"),
     ]
+    if not torch.cuda.is_available():
+        cases.append((["trainer.device=cuda"], "trainer.device=cuda but PyTorch sees no CUDA device here"))
     for extra, message in cases:
         with pytest.raises(ConfigError, match=message):
             RunSpec.from_dict(compose_config(tiny_overrides(f"data.glue_dir={glue_dir}", *extra)))

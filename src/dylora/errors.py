@@ -1,5 +1,7 @@
 """Errors a user can act on. The CLIs print their message alone, without a traceback."""
 
+import errno
+
 
 class DyLoRAError(Exception):
     """Base class: the message says what was wrong and how to fix it."""
@@ -19,3 +21,25 @@ class RecordError(DyLoRAError):
 
 class TrainingError(DyLoRAError):
     """Training cannot continue (for example the loss became NaN)."""
+
+
+# what to do about an OSError, by errno: the file system's failures a user can fix
+_FIXES = {
+    errno.ENOSPC: "free some space and run the same command again: finished runs are skipped and an unfinished "
+                  "one resumes from its last checkpoint",
+    errno.EDQUOT: "free some space (disk quota) and run the same command again: an unfinished run resumes from "
+                  "its last checkpoint",
+    errno.EROFS: "that file system is read-only: point out_dir= (dylora-report: results_dir=) to a writable folder",
+    errno.ENOTDIR: "a part of that path is a file, not a folder: choose another out_dir= (dylora-report: "
+                   "results_dir=)",
+    errno.EACCES: "no permission to write there: choose a folder you own",
+    errno.EPERM: "no permission to write there: choose a folder you own",
+}
+
+
+def os_error_message(e: OSError) -> str:
+    """One line for a failure of the environment (disk full, read-only, a path through a file): what
+    failed, on which path, and the fix."""
+    where = f" {e.filename}" if e.filename else ""
+    fix = _FIXES.get(e.errno, "check that path, then run the same command again")
+    return f"cannot write{where}: {e.strerror or e}; {fix}"

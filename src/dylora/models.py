@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
@@ -63,6 +64,9 @@ def load_model(spec: ModelSpec, tokenizer, num_labels: int | None = None) -> Pre
             f"could not load model {spec.name!r} from {_location(spec)!r} ({e}). Without network access, "
             f"download it elsewhere and pass model.path=DIR"
         ) from e
+    except SafetensorError as e:
+        raise ConfigError(f"the weights in {_location(spec)} cannot be read ({e}): the file is damaged or was "
+                          "copied only in part; copy the model folder again") from e
 
 
 def _location(spec: ModelSpec) -> str:
@@ -71,9 +75,19 @@ def _location(spec: ModelSpec) -> str:
     return str(spec.path or spec.hub_id)
 
 
+WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+TOKENIZER = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json")
+
+
 def _is_local(spec: ModelSpec) -> bool:
-    if spec.path is not None and not Path(spec.path).is_dir():
-        raise ConfigError(f"model.path={spec.path!r} is not a directory holding a saved model")
+    if spec.path is not None:
+        folder = Path(spec.path)
+        if not folder.is_dir():
+            raise ConfigError(f"model.path={spec.path!r} is not a directory holding a saved model")
+        for what, names in (("weights", WEIGHTS), ("tokenizer", TOKENIZER)):
+            if not any((folder / name).exists() for name in names):
+                raise ConfigError(f"model.path={spec.path} has no {what} (none of {', '.join(names)}): save the "
+                                  "model and its tokenizer there with save_pretrained, or copy the whole folder")
     return spec.path is not None or spec.source == "bundled"
 
 

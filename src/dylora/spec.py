@@ -51,6 +51,9 @@ class ModelSpec:
             raise ConfigError(f"model.family={self.family!r} is not one of {FAMILIES}")
         if self.source == "pretrained" and not (self.hub_id or self.path):
             raise ConfigError(f"model {self.name!r} needs model.hub_id or model.path=DIR")
+        if self.source == "tiny" and self.path is not None:
+            raise ConfigError(f"model={self.name} has random weights and reads no folder: drop model.path="
+                              f"{self.path}, or pick a pretrained model (e.g. model=roberta-base model.path=DIR)")
         _positive("model", "max_length", self.max_length)
 
 
@@ -165,10 +168,11 @@ class RunSpec:
         name = method.pop("name")
         eval_ranks = method.pop("eval_ranks", None)
         adapter = AdapterConfig.from_dict(method)
-        ranks = list(range(1, adapter.r_max + 1)) if eval_ranks is None else [int(r) for r in eval_ranks]
-        bad = [r for r in ranks if not 1 <= r <= adapter.r_max]
-        if bad or not ranks:
-            raise ConfigError(f"method.eval_ranks={eval_ranks} must be ranks within 1..r_max={adapter.r_max}")
+        ranks = list(range(1, adapter.r_max + 1)) if eval_ranks is None else eval_ranks
+        whole = isinstance(ranks, list) and all(isinstance(r, int) and not isinstance(r, bool) for r in ranks)
+        if not whole or not ranks or any(not 1 <= r <= adapter.r_max for r in ranks):
+            raise ConfigError(f"method.eval_ranks={eval_ranks} must be a list of whole ranks within "
+                              f"1..r_max={adapter.r_max}, e.g. method.eval_ranks=[1,2,{adapter.r_max}]")
         seed = config["seed"]
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise ConfigError(f"seed={seed!r} must be a whole number >= 0")

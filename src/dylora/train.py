@@ -247,8 +247,13 @@ def save_checkpoint(directory: Path, model: nn.Module, optimizer: torch.optim.Op
     name = STATE.format(step=result.steps)
     meta = {"param_groups": json.dumps(opt["param_groups"]), "result": json.dumps(result.__dict__),
             "scaler": json.dumps(scaler.state_dict() if scaler is not None else {})}
-    save_file(tensors, str(directory / f".{name}.tmp"), metadata=meta)
-    (directory / f".{name}.tmp").replace(directory / name)
+    tmp = directory / f".{name}.tmp"
+    try:
+        save_file(tensors, str(tmp), metadata=meta)
+    except BaseException:  # a full disk, say: no half-written file left behind; latest.json still names the last one
+        tmp.unlink(missing_ok=True)
+        raise
+    tmp.replace(directory / name)
     atomic_write_json(directory / POINTER, {"file": name, "sha256": sha256_file(directory / name)})
     for old in directory.glob("state-*.safetensors"):
         if old.name != name:

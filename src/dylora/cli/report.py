@@ -22,11 +22,11 @@ from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
 from dylora.cli.compose import CONF_MODULE
-from dylora.errors import ConfigError, DyLoRAError
+from dylora.errors import ConfigError, DyLoRAError, os_error_message
 from dylora.lab.report import build_report
 
 
-def _fail(error: Exception) -> None:
+def _fail(error: object) -> None:
     print(f"dylora-report: error: {error}", file=sys.stderr)
     sys.exit(1)  # SystemExit passes through Hydra's handler: no traceback
 
@@ -49,6 +49,8 @@ def _report(cfg: DictConfig) -> None:
         )
     except DyLoRAError as e:
         _fail(e)
+    except OSError as e:  # the environment's: results_dir read-only, under a file, disk full
+        _fail(os_error_message(e))
     for name, paths in written.items():
         print(f"{name}: wrote {len(paths)} files to {paths[0].parent}")
         for path in paths:

@@ -10,7 +10,9 @@ A failed job of a multirun never stops the others; the command exits 1 once they
 
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -19,7 +21,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from dylora.cli.compose import CONF_MODULE
-from dylora.errors import DyLoRAError
+from dylora.errors import DyLoRAError, os_error_message
 
 _failures: list[str] = []
 
@@ -37,7 +39,8 @@ def app(cfg: DictConfig) -> str | None:
     try:
         spec = RunSpec.from_dict(OmegaConf.to_container(cfg, resolve=True))
         return str(execute(spec))
-    except DyLoRAError as e:
+    except (DyLoRAError, OSError) as error:  # OSError: the environment's (disk full, read-only, ...)
+        e = error if isinstance(error, DyLoRAError) else os_error_message(error)
         print(f"error: {e}", file=sys.stderr, flush=True)
         if HydraConfig.get().mode != RunMode.MULTIRUN:
             sys.exit(1)
@@ -49,6 +52,10 @@ def app(cfg: DictConfig) -> str | None:
 
 
 def main() -> None:
+    problem = out_dir_problem(sys.argv[1:])
+    if problem:  # Hydra makes its folder under out_dir before the app runs: say it before, in one line
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(1)
     try:
         app()
     finally:
@@ -56,6 +63,18 @@ def main() -> None:
     if _failures:
         print(f"{len(_failures)} job(s) failed:\n" + "\n".join(_failures), file=sys.stderr)
         sys.exit(1)
+
+
+def out_dir_problem(argv: list[str], default: str = "experiments") -> str | None:
+    """Why ``out_dir`` (from the command line, else its default) cannot be written to; None when it can."""
+    value = next((a.split("=", 1)[1] for a in argv if a.lstrip("+").startswith("out_dir=")), default)
+    path = Path(value).absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        return f"out_dir={value}: {existing} is a file, not a folder; choose another out_dir="
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"out_dir={value}: {existing} cannot be written to (read-only or no permission); choose another out_dir="
+    return None
 
 
 def _leave_process_group() -> None:

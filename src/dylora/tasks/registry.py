@@ -5,7 +5,7 @@ imported on its own."""
 
 from __future__ import annotations
 
-from dylora.errors import ConfigError
+from dylora.errors import ConfigError, DataError
 from dylora.tasks import glue, nlg_task, synthetic
 from dylora.tasks.base import TableMetric, TaskData, TaskKind
 
@@ -33,5 +33,11 @@ def num_labels(spec) -> int | None:
 
 def build_task(spec, base, tokenizer, device, run_dir=None) -> TaskData:
     """The task's data. ``base`` is the model before adapters (the synthetic task's teacher needs it);
-    ``run_dir`` receives what evaluation writes besides metrics (NLG outputs per rank)."""
-    return task_kind(spec.task.kind).build(spec, base, tokenizer, device, run_dir)
+    ``run_dir`` receives what evaluation writes besides metrics (NLG outputs per rank). Training data
+    with no rows is an error, whatever the kind (it would "finish" having learnt nothing)."""
+    data = task_kind(spec.task.kind).build(spec, base, tokenizer, device, run_dir)
+    if not data.train:
+        source = spec.data.glue_dir or spec.data.nlg_dir or "the Hugging Face hub"
+        raise DataError(f"task {spec.task.name} has no training rows (read from {source}); check its training "
+                        "file (empty, or a header alone?)")
+    return data
