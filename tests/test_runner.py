@@ -60,6 +60,14 @@ def test_multirun_over_all_eight_glue_formats_writes_complete_records(tmp_path, 
     assert not (tmp_path / "outputs").exists() and not (tmp_path / "multirun").exists()  # Hydra litters nothing
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_a_gpu_is_one_clear_error(tmp_path, glue_dir):
+    spec = compose_spec(tiny_overrides("task=sst2", f"data.glue_dir={glue_dir}", f"out_dir={tmp_path}",
+                                       "trainer.device=cuda"))
+    with pytest.raises(ConfigError, match="^trainer.device=cuda but PyTorch sees no CUDA device here; use trainer"):
+        execute(spec, progress=False)
+
+
 def test_identical_configuration_is_skipped(tmp_path, glue_dir, capsys):
     spec = compose_spec(tiny_overrides("task=sst2", f"data.glue_dir={glue_dir}", f"out_dir={tmp_path}"))
     run_dir = execute(spec, progress=False)
@@ -146,8 +154,6 @@ def test_invalid_values_are_refused_before_anything_runs(glue_dir):
         (["+method.rank=3"], r"unknown adapter option\(s\) \['rank'\]"),
         (["seed=-1"], "seed=-1"),
     ]
-    if not torch.cuda.is_available():
-        cases.append((["trainer.device=cuda"], "trainer.device=cuda but PyTorch sees no CUDA device here"))
     for extra, message in cases:
         with pytest.raises(ConfigError, match=message):
             RunSpec.from_dict(compose_config(tiny_overrides(f"data.glue_dir={glue_dir}", *extra)))

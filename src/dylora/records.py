@@ -7,8 +7,10 @@ Layout of a run directory (``run_dir_for`` names it)::
         metrics.jsonl         one MetricRow per line
         adapter.safetensors   the trained dynamic adapter (and trainable head)
         env.json              versions, git commit, device, parameter counts, timings
+        outputs/              what evaluation writes besides metrics (NLG: the text at each rank)
         checkpoint/           training state while the run is unfinished
-        DONE                  written last: sha256 of metrics.jsonl and adapter.safetensors
+        DONE                  written last: its format and the sha256 of every other file of the record
+                              (format 1, before dylora 0.1's records rework: metrics.jsonl and the adapter only)
 
 Every file is written atomically (temporary file, fsync, rename), so a run killed at any
 moment leaves either the old file or the new one, never half of one.
@@ -20,6 +22,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -35,6 +38,10 @@ ADAPTER = "adapter.safetensors"
 ENV = "env.json"
 DONE = "DONE"
 CHECKPOINT = "checkpoint"
+DONE_FORMAT = 2
+# not part of the record: training state, a tracker's own files (W&B writes a config.yaml of its own)
+NOT_RECORD = (CHECKPOINT, "wandb")
+RUN_NAME = re.compile(r"seed\d+-[0-9a-f]{8}")  # run_dir_for's names; a moved-aside ``...corrupt-<time>`` is none
 
 # Keys that only say where outputs go: they never change a result, so they are not hashed.
 OUTPUT_KEYS = ("out_dir", "results_dir", "logger")
@@ -169,13 +176,27 @@ def write_env(run_dir: str | Path, env: dict[str, Any]) -> None:
     atomic_write_json(Path(run_dir) / ENV, env)
 
 
-def mark_done(run_dir: str | Path) -> None:
-    """Write the completion marker last, with checksums of the files it vouches for."""
+def record_files(run_dir: str | Path) -> list[str]:
+    """The record's files, relative to ``run_dir`` (POSIX paths): all but DONE, hidden files (temporary
+    files, the lock) and the folders of ``NOT_RECORD``."""
     run_dir = Path(run_dir)
-    sums = {name: sha256_file(run_dir / name) for name in (METRICS, ADAPTER) if (run_dir / name).exists()}
-    if METRICS not in sums:
-        raise RecordError(f"{run_dir} has no {METRICS}; a run is marked done only after its metrics exist")
-    atomic_write_json(run_dir / DONE, {"sha256": sums})
+    names = []
+    for path in run_dir.rglob("*"):
+        relative = path.relative_to(run_dir)
+        if (path.is_file() and relative.parts[0] not in NOT_RECORD and relative != Path(DONE)
+                and not any(part.startswith(".") for part in relative.parts)):
+            names.append(relative.as_posix())
+    return sorted(names)
+
+
+def mark_done(run_dir: str | Path) -> None:
+    """Write the completion marker last, with the checksum of every file of the record."""
+    run_dir = Path(run_dir)
+    names = record_files(run_dir)
+    missing = [name for name in (CONFIG, METRICS) if name not in names]
+    if missing:
+        raise RecordError(f"{run_dir} has no {', '.join(missing)}; a run is marked done only once its record is whole")
+    atomic_write_json(run_dir / DONE, {"format": DONE_FORMAT, "sha256": {n: sha256_file(run_dir / n) for n in names}})
 
 
 # ---------------------------------------------------------------------------- readers
@@ -226,9 +247,20 @@ def verify_done(run_dir: str | Path) -> bool:
     if not marker.exists():
         return False
     try:
-        sums = json.loads(marker.read_text())["sha256"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        info = json.loads(marker.read_text())
+        sums, version = info["sha256"], info.get("format", 1)  # format 1 had no "format" key
+        if not isinstance(sums, dict):
+            raise TypeError("sha256 is not a mapping")
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
         raise RecordError(f"{marker} is corrupted ({e}); delete {run_dir} to run it again") from e
+    if version not in (1, DONE_FORMAT):
+        raise RecordError(f"{marker} has format {version}, which this dylora does not know: upgrade dylora")
+    # each format vouches for what it covered: format 1 for metrics (and adapter), 2 for the whole record
+    required = (METRICS,) if version == 1 else (CONFIG, METRICS)
+    uncovered = [name for name in required if name not in sums]
+    if uncovered:
+        raise RecordError(f"{marker} does not cover {', '.join(uncovered)}: the record is corrupted; "
+                          f"delete {run_dir} to run it again")
     for name, expected in sums.items():
         path = run_dir / name
         if not path.exists() or sha256_file(path) != expected:
@@ -284,11 +316,14 @@ def read_run(run_dir: str | Path) -> RunRecord:
 
 
 def iter_runs(root: str | Path) -> Iterator[RunRecord]:
-    """Every run directory (one holding config.yaml) under ``root``, in a stable order."""
+    """Every run directory under ``root`` (named as ``run_dir_for`` names them, holding config.yaml), in a
+    stable order. Folders moved aside (``<run>.corrupt-<time>``) are not runs, nor is a config.yaml that
+    a tracker keeps inside a record."""
     root = Path(root)
     if not root.exists():
         return
     for config_path in sorted(root.rglob(CONFIG)):
-        if CHECKPOINT in config_path.parts or ".hydra" in config_path.parts:
-            continue
-        yield read_run(config_path.parent)
+        run_dir = config_path.parent
+        inside_another = any(RUN_NAME.fullmatch(p.name) for p in run_dir.parents if p != root and root in p.parents)
+        if RUN_NAME.fullmatch(run_dir.name) and not inside_another and ".hydra" not in config_path.parts:
+            yield read_run(run_dir)

@@ -154,6 +154,9 @@ def _digest(ranks: list[int]) -> str:
 def _device(choice: str, dist: Distributed) -> torch.device:
     if choice == "auto":
         choice = "cuda" if torch.cuda.is_available() else "cpu"
+    if choice.startswith("cuda") and not torch.cuda.is_available():  # checked here: a plan may be made elsewhere
+        raise ConfigError(f"trainer.device={choice} but PyTorch sees no CUDA device here; use trainer.device=auto "
+                          "(the GPU when there is one) or trainer.device=cpu")
     if choice == "cuda" and dist.world > 1:
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device(choice)

@@ -2,6 +2,9 @@
 
     dylora-report out_dir=experiments results_dir=results [experiment=NAME] [tolerance=1.0]
 
+Runs it could not use are printed on the terminal as well as listed in the tables; a corrupted
+record makes it exit 1 (missing or unfinished runs do not: grids are often partial on purpose).
+
 The config is ``report.yaml`` of the package ``dylora.conf`` (the repository's ``conf/``), so it
 works from a wheel, an editable install and any working directory. It is registered in Hydra's
 ConfigStore instead of being found through ``config_path``: that package also holds dylora-run's
@@ -23,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dylora.cli.compose import CONF_MODULE
 from dylora.errors import ConfigError, DyLoRAError, os_error_message
-from dylora.lab.report import build_report
+from dylora.lab.report import Experiment, select_experiments, write_report
 
 
 def _fail(error: object) -> None:
@@ -40,22 +43,33 @@ def _tolerance(value: object) -> float:
 
 @hydra.main(version_base="1.3", config_path=None, config_name="report")
 def _report(cfg: DictConfig) -> None:
+    corrupted = 0
     try:
-        written = build_report(
-            to_absolute_path(str(cfg.out_dir)),  # relative to where the user ran the command
-            to_absolute_path(str(cfg.results_dir)),
-            None if cfg.experiment is None else str(cfg.experiment),
-            _tolerance(cfg.tolerance),
-        )
+        tolerance = _tolerance(cfg.tolerance)
+        experiments = select_experiments(to_absolute_path(str(cfg.out_dir)),  # relative to where it was run
+                                         None if cfg.experiment is None else str(cfg.experiment))
+        for name, exp in experiments.items():
+            paths = write_report(exp, to_absolute_path(str(cfg.results_dir)), tolerance)
+            print(f"{name}: wrote {len(paths)} files to {paths[0].parent}")
+            for path in paths:
+                print(f"  {path.name}")
+            _print_finding(paths[0].parent / "finding.csv")
+            corrupted += _print_issues(exp)
     except DyLoRAError as e:
         _fail(e)
     except OSError as e:  # the environment's: results_dir read-only, under a file, disk full
         _fail(os_error_message(e))
-    for name, paths in written.items():
-        print(f"{name}: wrote {len(paths)} files to {paths[0].parent}")
-        for path in paths:
-            print(f"  {path.name}")
-        _print_finding(paths[0].parent / "finding.csv")
+    if corrupted:
+        _fail(f"{corrupted} corrupted run record(s), left out of the tables (listed above); "
+              "delete each and run it again")
+
+
+def _print_issues(exp: Experiment) -> int:
+    """Print the runs the report could not use (stderr); the number of corrupted ones."""
+    for issue in exp.issues:
+        seed = "" if issue.seed is None else f" seed {issue.seed}"
+        print(f"  {issue.status}: {issue.task} {issue.method}{seed}: {issue.detail}", file=sys.stderr)
+    return sum(issue.status in ("corrupted", "unreadable") for issue in exp.issues)
 
 
 def _print_finding(path: Path) -> None:

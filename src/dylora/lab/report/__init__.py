@@ -54,7 +54,8 @@ from dylora.lab.report.tables import table1, table2
 
 __all__ = [
     "CSV_COLUMNS", "Experiment", "Issue", "build_report", "load_experiments", "min_rank_within", "normalised_auc",
-    "paper_finding", "rank_summary", "scores", "table1", "table2", "write_finding", "write_report",
+    "paper_finding", "rank_summary", "scores", "select_experiments", "table1", "table2", "write_finding",
+    "write_report",
 ]
 
 
@@ -73,6 +74,12 @@ def build_report(out_dir: str | Path, results_dir: str | Path, experiment: str |
     """Report every experiment under ``out_dir`` (or only ``experiment``); the paths written, by experiment."""
     if not math.isfinite(tolerance) or tolerance < 0:
         raise ConfigError(f"tolerance={tolerance} must be a finite number >= 0 (points of the metric)")
+    return {name: write_report(exp, results_dir, tolerance)
+            for name, exp in select_experiments(out_dir, experiment).items()}
+
+
+def select_experiments(out_dir: str | Path, experiment: str | None = None) -> dict[str, Experiment]:
+    """The experiments under ``out_dir`` (only ``experiment`` when given), read and checked."""
     experiments = load_experiments(out_dir)
     if experiment is not None:
         if experiment not in experiments:
@@ -81,4 +88,4 @@ def build_report(out_dir: str | Path, results_dir: str | Path, experiment: str |
         experiments = {experiment: experiments[experiment]}
     if not experiments:
         raise ConfigError(f"no run records under out_dir={os.fspath(out_dir)}; train first or pass out_dir=DIR")
-    return {name: write_report(exp, results_dir, tolerance) for name, exp in experiments.items()}
+    return experiments
