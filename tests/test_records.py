@@ -1,12 +1,18 @@
-"""Run identity: a new option whose default keeps the old behaviour renames no run."""
+"""Run identity (a new option whose default keeps the old behaviour renames no run), and what DONE vouches for."""
 
 from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
 
 import pytest
 
 from dylora import records
 from dylora.cli.compose import compose_spec
-from helpers import REPO
+from dylora.errors import RecordError
+from dylora.runner import execute
+from helpers import REPO, tiny_overrides
 
 COMMITTED = REPO / "results" / "table1_cpu" / "records"
 
@@ -63,3 +69,50 @@ def test_a_neutral_value_nested_or_absent_is_handled_without_touching_the_config
     monkeypatch.setitem(records.HASH_NEUTRAL, "model.dtype", "fp32")  # absent: nothing to drop
     assert records.config_hash(config) == records.config_hash({"trainer": {"lr": 1e-3}, "seed": 0})
     assert config["trainer"]["precision"] == "fp32"  # the recorded config keeps it
+
+
+# ---------------------------------------------------------------------------- what DONE vouches for
+
+
+@pytest.fixture
+def finished(tmp_path, glue_dir) -> Path:
+    return execute(compose_spec(tiny_overrides("task=sst2", f"data.glue_dir={glue_dir}", f"out_dir={tmp_path}")),
+                   progress=False)
+
+
+def test_done_covers_every_file_of_the_record(finished):
+    done = json.loads((finished / records.DONE).read_text())
+    assert done["format"] == records.DONE_FORMAT
+    assert sorted(done["sha256"]) == sorted(["config.yaml", "metrics.jsonl", "adapter.safetensors", "env.json"])
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "env.json", "adapter.safetensors", "metrics.jsonl"])
+def test_damage_to_any_file_of_the_record_is_caught(finished, name):
+    path = finished / name
+    path.write_bytes(path.read_bytes()[:40])
+    with pytest.raises(RecordError, match=f"{name} does not match the checksum"):
+        records.verify_done(finished)
+
+
+def test_a_format_1_record_stays_valid_for_what_it_covered(finished):
+    sums = json.loads((finished / records.DONE).read_text())["sha256"]
+    old = {n: sums[n] for n in ("metrics.jsonl", "adapter.safetensors")}
+    (finished / records.DONE).write_text(json.dumps({"sha256": old}))  # as dylora wrote it before
+    (finished / "env.json").write_text("{}")  # not covered by format 1: not checked
+    assert records.verify_done(finished)
+    (finished / records.DONE).write_text(json.dumps({"format": 2, "sha256": old}))  # format 2 must cover config
+    with pytest.raises(RecordError, match="does not cover config.yaml"):
+        records.verify_done(finished)
+    (finished / records.DONE).write_text(json.dumps({"format": 9, "sha256": sums}))
+    with pytest.raises(RecordError, match="format 9, which this dylora does not know"):
+        records.verify_done(finished)
+
+
+def test_only_run_folders_are_runs(finished):
+    root = finished.parents[3]
+    aside = finished.with_name(f"{finished.name}.corrupt-20261201-000000")
+    shutil.copytree(finished, aside)
+    (finished / "wandb" / "run-1" / "files").mkdir(parents=True)
+    (finished / "wandb" / "run-1" / "files" / "config.yaml").write_text("wandb_version: 1\n")
+    assert [r.path for r in records.iter_runs(root)] == [finished]
+    assert records.verify_done(finished)  # the tracker's files are not the record's

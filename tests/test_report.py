@@ -2,6 +2,7 @@
 
 import math
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -375,6 +376,22 @@ def test_cli_end_to_end_with_relative_paths(runs, tmp_path):
     assert "the paper's finding holds on 0 of 4 task(s): none" in done.stdout
     assert (tmp_path / "res" / EXPERIMENT / "summary.csv").stat().st_size > 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exps", "res"]  # Hydra left nothing behind
+    # the runs it could not use are on the terminal too; a partial grid is not an error
+    assert "  unfinished: sst2 dylora_frozen seed 2: " in done.stderr
+    assert "  absent: sst2 lora seed 2: no run directory for this combination" in done.stderr
+
+
+def test_cli_exits_1_on_a_corrupted_record_and_names_it(runs, tmp_path):
+    shutil.copytree(runs, tmp_path / "exps")
+    damaged = next(p for p in (tmp_path / "exps").rglob("metrics.jsonl") if "/mrpc/lora/" in str(p))
+    damaged.write_text(damaged.read_text()[:40])
+    done = cli(tmp_path, "out_dir=exps", "results_dir=res", f"experiment={EXPERIMENT}")
+    assert done.returncode == 1
+    assert f"  corrupted: mrpc lora seed {damaged.parent.name[4:].split('-')[0]}: " in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        "dylora-report: error: 1 corrupted run record(s), left out of the tables (listed above); "
+        "delete each and run it again")
+    assert (tmp_path / "res" / EXPERIMENT / "table1.md").exists()  # the tables are still written
 
 
 def test_cli_error_is_one_line_without_traceback(tmp_path):
