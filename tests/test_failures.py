@@ -5,6 +5,7 @@ cannot be written, a full disk while a checkpoint is written."""
 from __future__ import annotations
 
 import errno
+import os
 import re
 import sys
 from pathlib import Path
@@ -93,18 +94,23 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_the_run_resumes(tmp_pat
     args = [*tiny_overrides("task=sst2", f"data.glue_dir={glue_dir}", "trainer.max_steps=6",
                             "trainer.checkpoint_every=2"), f"out_dir={tmp_path / 'exp'}"]
     reference = execute(compose_spec([*args, f"out_dir={tmp_path / 'reference'}"]), progress=False)
-    from dylora import train
+    from dylora.adapters import io
 
-    real_save, calls = train.save_file, []
+    real_write, calls = io.atomic_write_bytes, []
 
-    def fills_the_disk(tensors, path, metadata=None):
+    def fills_the_disk(path, data):  # safetensors files (checkpoints, then the adapter) are written by this
         calls.append(path)
-        if len(calls) == 2:  # the second checkpoint: the first stays the latest
-            Path(path).write_bytes(b"half a file")
-            raise OSError(errno.ENOSPC, "No space left on device", path)
-        return real_save(tensors, path, metadata=metadata)
+        if len(calls) != 2:
+            return real_write(path, data)
 
-    monkeypatch.setattr(train, "save_file", fills_the_disk)
+        def no_space(fd):  # the second checkpoint's data does not fit: the first stays the latest
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+        with monkeypatch.context() as disk:
+            disk.setattr(os, "fsync", no_space)
+            return real_write(path, data)
+
+    monkeypatch.setattr(io, "atomic_write_bytes", fills_the_disk)
     monkeypatch.setattr(sys, "argv", ["dylora-run", *args])
     with pytest.raises(SystemExit) as exit_:
         cli_run.main()
@@ -115,7 +121,7 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_the_run_resumes(tmp_pat
     checkpoint = next((tmp_path / "exp").rglob(records.CHECKPOINT))
     assert sorted(p.name for p in checkpoint.iterdir()) == ["latest.json", "state-2.safetensors"]  # no .tmp left
 
-    monkeypatch.setattr(train, "save_file", real_save)
+    monkeypatch.setattr(io, "atomic_write_bytes", real_write)
     run_dir = execute(compose_spec(args), progress=False)
     assert "resuming from step 2" in capsys.readouterr().err
     assert (run_dir / records.METRICS).read_bytes() == (reference / records.METRICS).read_bytes()

@@ -126,25 +126,19 @@ class Killed(BaseException):
 
 
 def _crash_at(k: int, monkeypatch) -> None:
-    """Make the k-th file operation of checkpointing (save_file, os.replace, Path.unlink) die: a
-    save_file dies half-way through writing its file, the others before they act."""
-    import dylora.train as train_module
-
+    """Make the k-th file operation of checkpointing die before it acts: os.fsync (a file written but
+    not yet flushed to disk), os.replace (its rename into place), Path.unlink (the old checkpoint's removal)."""
     calls = [0]
 
-    def wrap(real, partial=False):
+    def wrap(real):
         def op(*args, **kwargs):
             calls[0] += 1
             if calls[0] != k:
                 return real(*args, **kwargs)
-            if partial:
-                real(*args, **kwargs)
-                path = Path(args[1])
-                path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
             raise Killed(f"killed at file operation {k}")
         return op
 
-    monkeypatch.setattr(train_module, "save_file", wrap(train_module.save_file, partial=True))
+    monkeypatch.setattr(os, "fsync", wrap(os.fsync))
     monkeypatch.setattr(os, "replace", wrap(os.replace))
     monkeypatch.setattr(Path, "unlink", wrap(Path.unlink))
 
@@ -188,9 +182,9 @@ def test_a_kill_at_any_file_operation_of_a_checkpoint_write_leaves_a_usable_chec
         assert got.keys() == want.keys()
         for name in want:
             assert all(torch.equal(g, w) for g, w in zip(got[name], want[name])), (k, name)
-    # Checkpoints after steps 1, 2, 3: write, rename, pointer (+ unlink of the previous one) = 11 operations;
-    # only a kill before the first pointer exists starts over.
-    assert (k - 1, resumed) == (11, 11 - 3)
+    # Checkpoints after steps 1, 2, 3: fsync and rename of the state, of the pointer (+ unlink of the
+    # previous state) = 4 + 5 + 5 operations; only a kill before the first pointer is in place starts over.
+    assert (k - 1, resumed) == (14, 14 - 4)
 
 
 @pytest.fixture(scope="module")

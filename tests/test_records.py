@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from dylora import records
 from dylora.cli.compose import compose_spec
@@ -116,3 +119,20 @@ def test_only_run_folders_are_runs(finished):
     (finished / "wandb" / "run-1" / "files" / "config.yaml").write_text("wandb_version: 1\n")
     assert [r.path for r in records.iter_runs(root)] == [finished]
     assert records.verify_done(finished)  # the tracker's files are not the record's
+
+
+def test_identical_tensors_make_identical_safetensors_files_in_any_process(tmp_path):
+    # safetensors writes metadata in a per-process hash order; save_safetensors sorts it
+    script = ("import sys, torch; from dylora.adapters.io import save_safetensors; "
+              "save_safetensors({'b.x': torch.arange(3.0), 'a.y': torch.ones(2, 2)}, sys.argv[1], "
+              "{'zeta': '1', 'alpha': '2', 'mid': '3', 'format': 'x', 'config': '{\"r\": 8}'})")
+    paths = [tmp_path / f"{i}.safetensors" for i in range(4)]
+    for path in paths:
+        subprocess.run([sys.executable, "-c", script, str(path)], check=True)
+    assert len({p.read_bytes() for p in paths}) == 1
+    from safetensors import safe_open
+
+    with safe_open(str(paths[0]), "pt") as f:
+        assert f.metadata() == {"zeta": "1", "alpha": "2", "mid": "3", "format": "x", "config": '{"r": 8}'}
+        assert torch.equal(f.get_tensor("b.x"), torch.arange(3.0))
+        assert torch.equal(f.get_tensor("a.y"), torch.ones(2, 2))

@@ -22,13 +22,12 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from dylora.adapters import adapter_config, hold_untrained_rows, set_rank
-from dylora.adapters.io import adapter_state_dict
+from dylora.adapters.io import adapter_state_dict, save_safetensors
 from dylora.errors import TrainingError
 from dylora.precision import autocast, grad_scaler, resolve_precision
 from dylora.progress import bar as progress_bar
@@ -247,13 +246,7 @@ def save_checkpoint(directory: Path, model: nn.Module, optimizer: torch.optim.Op
     name = STATE.format(step=result.steps)
     meta = {"param_groups": json.dumps(opt["param_groups"]), "result": json.dumps(result.__dict__),
             "scaler": json.dumps(scaler.state_dict() if scaler is not None else {})}
-    tmp = directory / f".{name}.tmp"
-    try:
-        save_file(tensors, str(tmp), metadata=meta)
-    except BaseException:  # a full disk, say: no half-written file left behind; latest.json still names the last one
-        tmp.unlink(missing_ok=True)
-        raise
-    tmp.replace(directory / name)
+    save_safetensors(tensors, directory / name, meta)  # atomic: a full disk leaves no half-written file
     atomic_write_json(directory / POINTER, {"file": name, "sha256": sha256_file(directory / name)})
     for old in directory.glob("state-*.safetensors"):
         if old.name != name:

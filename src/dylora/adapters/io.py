@@ -16,15 +16,16 @@ import copy
 import json
 from pathlib import Path
 
+import safetensors.torch
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
 from dylora.adapters.config import AdapterConfig
 from dylora.adapters.layer import DyLoRALayer
 from dylora.adapters.model import adapter_config, adapter_layers, add_adapters, head_modules
 from dylora.errors import ConfigError, RecordError
+from dylora.records import atomic_write_bytes
 
 FORMAT = "dylora-adapter-v1"
 
@@ -47,14 +48,24 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in state.items()}
 
 
+def save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str]) -> None:
+    """Write a safetensors file atomically, its bytes a function of its contents alone: safetensors
+    writes the metadata in a per-process hash order (identical runs would differ, and so would their
+    checksums), so the header's metadata is put in sorted key order (same length, same offsets)."""
+    data = safetensors.torch.save(tensors, metadata=metadata)
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + size])
+    header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    ordered = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode().ljust(size, b" ")
+    if len(ordered) != size:  # never seen: then the library's own bytes, rather than a file it cannot read
+        ordered = data[8 : 8 + size]
+    atomic_write_bytes(path, data[:8] + ordered + data[8 + size :])
+
+
 def save_adapter(model: nn.Module, path: str | Path) -> None:
     """Write the full dynamic adapter to one safetensors file (atomically)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     metadata = {"format": FORMAT, "config": json.dumps(adapter_config(model).to_dict())}
-    save_file(adapter_state_dict(model), str(tmp), metadata=metadata)
-    tmp.replace(path)
+    save_safetensors(adapter_state_dict(model), path, metadata)
 
 
 def read_adapter_config(path: str | Path) -> AdapterConfig:
