@@ -381,6 +381,16 @@ def test_cli_end_to_end_with_relative_paths(runs, tmp_path):
     assert "  absent: sst2 lora seed 2: no run directory for this combination" in done.stderr
 
 
+def test_every_file_regenerates_byte_identical_in_another_process(runs, tmp_path):
+    for name in ("a", "b"):
+        done = cli(tmp_path, f"out_dir={runs}", f"results_dir={name}", f"experiment={EXPERIMENT}")
+        assert done.returncode == 0, done.stderr
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
+    assert {p.suffix for p in files} == {".md", ".csv", ".tex", ".png", ".svg"}
+    different = [str(p) for p in files if (tmp_path / "a" / p).read_bytes() != (tmp_path / "b" / p).read_bytes()]
+    assert not different
+
+
 def test_cli_exits_1_on_a_corrupted_record_and_names_it(runs, tmp_path):
     shutil.copytree(runs, tmp_path / "exps")
     damaged = next(p for p in (tmp_path / "exps").rglob("metrics.jsonl") if "/mrpc/lora/" in str(p))

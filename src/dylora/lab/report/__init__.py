@@ -24,6 +24,7 @@ task × method × seed grid are listed under "Missing or unfinished runs", never
 
 The package, one module per concern (each imports only those above it):
 
+* ``figures``: matplotlib for files only, saved byte-reproducibly.
 * ``experiments``: run records grouped into experiments, issues, the shared constants.
 * ``scoring``: each table's metric per task, and one value per task, method, seed and rank.
 * ``notes``: footnotes, the settings used and every departure from the paper's setup.

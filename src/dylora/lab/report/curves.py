@@ -6,24 +6,21 @@ import math
 from pathlib import Path
 from typing import Any, Iterable
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")  # files only; never needs a display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from dylora.errors import ConfigError  # noqa: E402
-from dylora.lab import paper  # noqa: E402
-from dylora.lab.report.experiments import (  # noqa: E402
+from dylora.errors import ConfigError
+from dylora.lab import paper
+from dylora.lab.report.experiments import (
     LOWER_IS_BETTER,
     Experiment,
     method_order,
     metric_scale,
     task_order,
 )
-from dylora.lab.report.render import issues_markdown, markdown_table  # noqa: E402
-from dylora.lab.report.scoring import TABLE2_PAPER, scores  # noqa: E402
+from dylora.lab.report.figures import plt, save_figure
+from dylora.lab.report.render import issues_markdown, markdown_table
+from dylora.lab.report.scoring import TABLE2_PAPER, scores
 
 
 def normalised_auc(ranks: Iterable[float], values: Iterable[float]) -> float:
@@ -85,8 +82,7 @@ def plot_rank_curves(exp: Experiment, dest: Path) -> list[Path]:
         ax.legend(fontsize="small")
         ax.grid(alpha=0.3)
         for ext in ("png", "svg"):
-            paths.append(dest / f"rank_curve_{task}.{ext}")
-            fig.savefig(paths[-1], dpi=100, bbox_inches="tight")
+            paths.append(save_figure(fig, dest / f"rank_curve_{task}.{ext}"))
         plt.close(fig)
     return paths
 

@@ -7,14 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import pandas as pd
 
-matplotlib.use("Agg")  # files only; never needs a display
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from dylora.lab import paper  # noqa: E402
-from dylora.lab.report.experiments import (  # noqa: E402
+from dylora.lab import paper
+from dylora.lab.report.experiments import (
     LOWER_IS_BETTER,
     SOURCES,
     Experiment,
@@ -22,11 +18,12 @@ from dylora.lab.report.experiments import (  # noqa: E402
     method_order,
     metric_scale,
 )
-from dylora.lab.report.notes import setting_values  # noqa: E402
-from dylora.lab.report.scoring import short_runs  # noqa: E402
-from dylora.lab.report.tables import Table, common_notes, seed_stats  # noqa: E402
-from dylora.records import RunRecord  # noqa: E402
-from dylora.tasks.base import TableMetric  # noqa: E402
+from dylora.lab.report.figures import plt, save_figure
+from dylora.lab.report.notes import setting_values
+from dylora.lab.report.scoring import short_runs
+from dylora.lab.report.tables import Table, common_notes, seed_stats
+from dylora.records import RunRecord
+from dylora.tasks.base import TableMetric
 
 
 @dataclass(frozen=True)
@@ -179,6 +176,6 @@ def plot_nlg_curves(table: Table, dest: Path) -> list[Path]:
     axes[0][0].legend(fontsize="x-small")
     paths = [dest / f"rank_curves_{table.name}.{ext}" for ext in ("png", "svg")]
     for path in paths:
-        fig.savefig(path, dpi=100, bbox_inches="tight")
+        save_figure(fig, path)
     plt.close(fig)
     return paths
