@@ -266,3 +266,19 @@ def test_init_from_takes_the_finished_mnli_adapter_and_refuses_when_it_is_missin
     for name, layer in adapter_layers(model):
         assert torch.equal(layer.lora_A, saved[f"{name}.lora_A"]) and torch.equal(layer.lora_B, saved[f"{name}.lora_B"])
         assert saved[f"{name}.lora_B"].abs().sum() > 0
+
+
+@pytest.mark.slow
+def test_the_same_run_started_twice_at_once_trains_once(tmp_path, glue_dir):
+    # long enough (checkpointing every step) that the second process reaches the lock while the first trains
+    args = [*tiny_overrides("task=sst2", f"data.glue_dir={glue_dir}", "trainer.max_steps=150",
+                            "trainer.checkpoint_every=1"), f"out_dir={tmp_path / 'exp'}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-m", "dylora.run", *args], cwd=tmp_path, env=env, text=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(2)]
+    errs = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errs
+    assert not any("Traceback" in e for e in errs), errs
+    assert sum("done:" in e for e in errs) == 1 and sum("skip:" in e for e in errs) == 1, errs
+    assert any("is being run by another process" in e for e in errs), errs  # the second one waited
+    assert records.verify_done(only_run(tmp_path / "exp").path)

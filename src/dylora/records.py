@@ -18,15 +18,17 @@ moment leaves either the old file or the new one, never half of one.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import math
 import os
 import re
 import tempfile
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import yaml
 
@@ -119,6 +121,26 @@ def run_dir_for(out_dir: str | Path, config: dict[str, Any]) -> Path:
     except (KeyError, TypeError) as e:
         raise RecordError(f"config lacks {e} needed to name its run directory") from e
     return Path(out_dir) / str(experiment) / str(task) / str(method) / f"seed{seed}-{config_hash(config)[:8]}"
+
+
+@contextmanager
+def run_lock(run_dir: str | Path, on_wait: Callable[[], None] = lambda: None) -> Iterator[None]:
+    """Hold the run's lock: one writer per run folder. Another process holding it makes this wait
+    (``on_wait`` is called first). The lock is the OS's (flock) on a hidden file beside the folder
+    (a corrupted folder may be moved aside meanwhile): it is released when its holder exits, even
+    by SIGKILL."""
+    run_dir = Path(run_dir)
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    with open(run_dir.with_name(f".{run_dir.name}.lock"), "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            on_wait()
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 # ---------------------------------------------------------------------------- atomic writes

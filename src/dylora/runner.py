@@ -48,9 +48,17 @@ def finished(run_dir: Path) -> bool:
 
 
 def execute(spec: RunSpec, progress: bool = True) -> Path:
-    """Run ``spec`` (or skip it when its record is complete) and return its run directory."""
+    """Run ``spec`` (or skip it when its record is complete) and return its run directory. The main
+    process holds the run's lock meanwhile: the same run started elsewhere waits, then skips."""
     run_dir = records.run_dir_for(spec.out_dir, spec.config)
     dist = _init_distributed()
+    if not dist.is_main:
+        return _execute(spec, run_dir, dist, progress)
+    with records.run_lock(run_dir, lambda: say(f"waiting: {run_dir} is being run by another process")):
+        return _execute(spec, run_dir, dist, progress)
+
+
+def _execute(spec: RunSpec, run_dir: Path, dist: Distributed, progress: bool) -> Path:
     if _from_main(finished(run_dir) if dist.is_main else None, dist):  # only the main process moves a bad record aside
         say(f"skip: {run_dir} is already complete")
         return run_dir
