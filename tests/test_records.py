@@ -86,10 +86,10 @@ def finished(tmp_path, glue_dir) -> Path:
 def test_done_covers_every_file_of_the_record(finished):
     done = json.loads((finished / records.DONE).read_text())
     assert done["format"] == records.DONE_FORMAT
-    assert sorted(done["sha256"]) == sorted(["config.yaml", "metrics.jsonl", "adapter.safetensors", "env.json"])
+    assert sorted(done["sha256"]) == ["adapter.safetensors", "config.yaml", "data.json", "env.json", "metrics.jsonl"]
 
 
-@pytest.mark.parametrize("name", ["config.yaml", "env.json", "adapter.safetensors", "metrics.jsonl"])
+@pytest.mark.parametrize("name", ["config.yaml", "env.json", "data.json", "adapter.safetensors", "metrics.jsonl"])
 def test_damage_to_any_file_of_the_record_is_caught(finished, name):
     path = finished / name
     path.write_bytes(path.read_bytes()[:40])
@@ -136,3 +136,32 @@ def test_identical_tensors_make_identical_safetensors_files_in_any_process(tmp_p
         assert f.metadata() == {"zeta": "1", "alpha": "2", "mid": "3", "format": "x", "config": '{"r": 8}'}
         assert torch.equal(f.get_tensor("b.x"), torch.arange(3.0))
         assert torch.equal(f.get_tensor("a.y"), torch.ones(2, 2))
+
+
+def test_a_finished_run_whose_data_changed_is_run_again_and_the_old_record_kept(tmp_path, capsys):
+    from glue_fixtures import write_glue_dir
+
+    glue = write_glue_dir(tmp_path / "glue", tasks=("sst2",), n_train=16, n_dev=8)
+    spec = compose_spec(tiny_overrides("task=sst2", f"data.glue_dir={glue}", f"out_dir={tmp_path / 'exp'}"))
+    run_dir = execute(spec, progress=False)
+    fingerprint = json.loads((run_dir / records.DATA).read_text())["sha256"]
+    assert sorted(Path(p).name for p in fingerprint) == ["dev.tsv", "train.tsv"]
+    assert execute(spec, progress=False) == run_dir and "skip:" in capsys.readouterr().err  # unchanged: skipped
+
+    dev = glue / "SST-2" / "dev.tsv"
+    lines = dev.read_text().splitlines()
+    lines[1] = lines[1][:-1] + ("0" if lines[1].endswith("1") else "1")  # one label edited
+    dev.write_text("\n".join(lines) + "\n")
+    assert execute(spec, progress=False) == run_dir
+    err = capsys.readouterr().err
+    assert f"data changed since {run_dir} ran ({dev}): running it again; the old record is kept in" in err
+    assert records.verify_done(run_dir)
+    assert not records.changed_data(run_dir, records.data_fingerprint([glue / "SST-2" / "train.tsv", dev]))
+    stale = list(run_dir.parent.glob(f"{run_dir.name}.stale-*"))
+    assert len(stale) == 1 and records.verify_done(stale[0])  # kept whole, and no longer a run
+    assert [r.path for r in records.iter_runs(tmp_path / "exp")] == [run_dir]
+
+
+def test_a_record_without_a_data_fingerprint_is_not_redone(finished):
+    (finished / records.DATA).unlink()  # as in records written before data fingerprints existed
+    assert records.changed_data(finished, {"/any/train.tsv": "0" * 64}) == []  # nothing to compare with

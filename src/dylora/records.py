@@ -7,6 +7,7 @@ Layout of a run directory (``run_dir_for`` names it)::
         metrics.jsonl         one MetricRow per line
         adapter.safetensors   the trained dynamic adapter (and trainable head)
         env.json              versions, git commit, device, parameter counts, timings
+        data.json             sha256 of each local data file the run read (a run whose data changed is redone)
         outputs/              what evaluation writes besides metrics (NLG: the text at each rank)
         checkpoint/           training state while the run is unfinished
         DONE                  written last: its format and the sha256 of every other file of the record
@@ -38,6 +39,7 @@ CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
 ADAPTER = "adapter.safetensors"
 ENV = "env.json"
+DATA = "data.json"
 DONE = "DONE"
 CHECKPOINT = "checkpoint"
 DONE_FORMAT = 2
@@ -209,6 +211,25 @@ def record_files(run_dir: str | Path) -> list[str]:
                 and not any(part.startswith(".") for part in relative.parts)):
             names.append(relative.as_posix())
     return sorted(names)
+
+
+def data_fingerprint(paths: Iterable[str | Path]) -> dict[str, str]:
+    """sha256 of each file, by path (``missing`` for a file that is not there)."""
+    return {str(p): sha256_file(p) if Path(p).is_file() else "missing" for p in paths}
+
+
+def write_data(run_dir: str | Path, fingerprint: dict[str, str]) -> None:
+    atomic_write_json(Path(run_dir) / DATA, {"sha256": fingerprint})
+
+
+def changed_data(run_dir: str | Path, fingerprint: dict[str, str]) -> list[str]:
+    """The data files whose content differs from what the finished run read (none for a record written
+    before data fingerprints existed: nothing to compare)."""
+    path = Path(run_dir) / DATA
+    if not path.exists():
+        return []
+    recorded = json.loads(path.read_text())["sha256"]
+    return sorted(name for name in recorded.keys() | fingerprint.keys() if recorded.get(name) != fingerprint.get(name))
 
 
 def mark_done(run_dir: str | Path) -> None:

@@ -27,7 +27,7 @@ from dylora.models import load_model, load_tokenizer
 from dylora.precision import cast_frozen, set_tf32
 from dylora.spec import RunSpec
 from dylora.sweep import rank_sweep
-from dylora.tasks.registry import build_task, num_labels
+from dylora.tasks.registry import build_task, data_files, num_labels
 from dylora.tracking import make_tracker
 from dylora.train import Callbacks, Distributed, Placement, train
 
@@ -36,15 +36,27 @@ def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def finished(run_dir: Path) -> bool:
-    """True when the record is complete; a corrupted record is moved aside (reported, never used)."""
+def finished(run_dir: Path, data: dict[str, str]) -> bool:
+    """True when the record is complete and was made from ``data`` (a data fingerprint). A corrupted
+    record, or one whose data has changed since, is moved aside (reported, kept, never used)."""
     try:
-        return records.verify_done(run_dir)
+        done = records.verify_done(run_dir)
     except RecordError as e:
-        aside = run_dir.with_name(f"{run_dir.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
-        run_dir.rename(aside)
-        say(f"warning: {e}\nmoved it to {aside}; running it again")
+        say(f"warning: {e}\nmoved it to {_move_aside(run_dir, 'corrupt')}; running it again")
         return False
+    changed = records.changed_data(run_dir, data) if done else []
+    if changed:
+        more = f" and {len(changed) - 1} more" if len(changed) > 1 else ""
+        say(f"data changed since {run_dir} ran ({changed[0]}{more}): running it again; the old record is kept "
+            f"in {_move_aside(run_dir, 'stale')}")
+        return False
+    return done
+
+
+def _move_aside(run_dir: Path, why: str) -> Path:
+    aside = run_dir.with_name(f"{run_dir.name}.{why}-{time.strftime('%Y%m%d-%H%M%S')}")
+    run_dir.rename(aside)
+    return aside
 
 
 def execute(spec: RunSpec, progress: bool = True) -> Path:
@@ -59,7 +71,9 @@ def execute(spec: RunSpec, progress: bool = True) -> Path:
 
 
 def _execute(spec: RunSpec, run_dir: Path, dist: Distributed, progress: bool) -> Path:
-    if _from_main(finished(run_dir) if dist.is_main else None, dist):  # only the main process moves a bad record aside
+    # only the main process reads the data's fingerprint and moves a bad or stale record aside
+    fingerprint = records.data_fingerprint(data_files(spec)) if dist.is_main else {}
+    if _from_main(finished(run_dir, fingerprint) if dist.is_main else None, dist):
         say(f"skip: {run_dir} is already complete")
         return run_dir
     device = _device(spec.trainer.device, dist)
@@ -76,6 +90,7 @@ def _execute(spec: RunSpec, run_dir: Path, dist: Distributed, progress: bool) ->
     set_tf32(spec.trainer.tf32)
     if dist.is_main:
         records.write_config(run_dir, spec.config)
+        records.write_data(run_dir, fingerprint)
     tracker = make_tracker(spec.logger, spec.config, run_dir, run_dir.name, spec.experiment) if dist.is_main else None
     try:
         where = Placement(device, dist, _ddp(model, device, dist))

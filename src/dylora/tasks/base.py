@@ -52,6 +52,9 @@ class TaskKind:
     # (task name, "table1" | "table2") -> the metric the paper's table shows; None: not this kind's
     # task, or no table metric (the report then uses the first metric measured)
     table_metric: Callable[[str, str], TableMetric | None] = lambda task, table: None
+    # spec -> the local files a run reads (none for hub or generated data): their content hashes go
+    # into the record, so a finished run whose data changed is run again
+    data_files: Callable[[RunSpec], list[Path]] = lambda spec: []
 
 
 @dataclass(frozen=True)

@@ -318,4 +318,13 @@ def build(spec, base, tokenizer, device, run_dir=None) -> TaskData:
                                pad_multiple(spec.trainer.precision, torch.device(device).type))
 
 
-KIND = TaskKind("glue", "encoder", NoOptions, lambda task: get_task(task.name).num_labels, build, table_metric)
+def data_files(spec) -> list[Path]:
+    """The TSV files a run reads from ``data.glue_dir`` (none from the hub)."""
+    if spec.data.glue_dir is None:
+        return []
+    task = get_task(spec.task.name)
+    return [Path(spec.data.glue_dir) / task.dir_name / name for name in task.split_files.values()]
+
+
+KIND = TaskKind("glue", "encoder", NoOptions, lambda task: get_task(task.name).num_labels, build, table_metric,
+                data_files)

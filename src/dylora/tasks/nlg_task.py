@@ -33,7 +33,16 @@ from dylora.generation import generate_batch, postprocess
 from dylora.precision import pad_multiple
 from dylora.records import atomic_write_text
 from dylora.tasks.base import TableMetric, TaskData, TaskKind
-from dylora.tasks.nlg import IGNORE_INDEX, TASKS, NLGItem, collate_lm, encode_for_lm, load_nlg, select_webnlg
+from dylora.tasks.nlg import (
+    IGNORE_INDEX,
+    TASKS,
+    NLGItem,
+    collate_lm,
+    encode_for_lm,
+    load_nlg,
+    local_path,
+    select_webnlg,
+)
 
 OUTPUTS = "outputs"
 
@@ -163,4 +172,11 @@ def _non_empty(sets: dict[str, list[int]]) -> dict[str, list[int]]:
     return {n: index for n, index in sets.items() if index}
 
 
-KIND = TaskKind("nlg", "decoder", NLGOptions, lambda task: None, build_nlg, table_metric)
+def data_files(spec) -> list[Path]:
+    """The files a run reads from ``data.nlg_dir`` (none from the hub)."""
+    if spec.data.nlg_dir is None:
+        return []
+    return [local_path(spec.task.name, spec.data.nlg_dir, split) for split in ("train", *spec.task.options.eval_splits)]
+
+
+KIND = TaskKind("nlg", "decoder", NLGOptions, lambda task: None, build_nlg, table_metric, data_files)

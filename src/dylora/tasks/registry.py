@@ -11,7 +11,7 @@ from dylora.tasks.base import TableMetric, TaskData, TaskKind
 
 KINDS: dict[str, TaskKind] = {kind.name: kind for kind in (glue.KIND, nlg_task.KIND, synthetic.KIND)}
 
-__all__ = ["KINDS", "build_task", "num_labels", "table_metric", "task_kind"]
+__all__ = ["KINDS", "build_task", "data_files", "num_labels", "table_metric", "task_kind"]
 
 
 def task_kind(name: str) -> TaskKind:
@@ -29,6 +29,11 @@ def table_metric(task: str, table: str) -> TableMetric | None:
 def num_labels(spec) -> int | None:
     """The classifier's outputs for ``spec``'s task (a RunSpec); None for text generation."""
     return task_kind(spec.task.kind).num_labels(spec.task)
+
+
+def data_files(spec) -> list:
+    """The local files ``spec``'s run reads (a RunSpec); none for hub or generated data."""
+    return task_kind(spec.task.kind).data_files(spec)
 
 
 def build_task(spec, base, tokenizer, device, run_dir=None) -> TaskData:
