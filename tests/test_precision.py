@@ -259,10 +259,11 @@ def test_merged_context_restores_the_weight_even_when_evaluation_fails():
 
 
 def test_a_half_precision_checkpoint_loads_in_fp32_and_model_dtype_casts_the_frozen_part(tmp_path):
+    tokenizer = load_tokenizer(ModelSpec(name="tiny", source="tiny"))
     fresh = load_model(ModelSpec(name="tiny", source="tiny", max_length=32, tiny={"hidden_size": 32,
-                       "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}),
-                       load_tokenizer(ModelSpec(name="tiny", source="tiny")), 2)
+                       "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}), tokenizer, 2)
     fresh.half().save_pretrained(tmp_path)  # as many hub checkpoints are stored
+    tokenizer.save_pretrained(tmp_path)
     loaded = load_model(ModelSpec(name="saved", path=str(tmp_path), max_length=32), None, 2)
     assert {p.dtype for p in loaded.parameters()} == {torch.float32}
     add_adapters(loaded, AdapterConfig(r_max=2, alpha=4))
