@@ -84,7 +84,7 @@ def test_cli_out_dir_under_a_file_is_one_line(tmp_path):
 def test_os_errors_are_one_line_with_the_path_and_the_fix():
     full = OSError(errno.ENOSPC, "No space left on device", "/data/run/checkpoint/.state-5.safetensors.tmp")
     assert os_error_message(full) == (
-        "cannot write /data/run/checkpoint/.state-5.safetensors.tmp: No space left on device; free some space "
+        "file system error at /data/run/checkpoint/.state-5.safetensors.tmp: No space left on device; free some space "
         "and run the same command again: finished runs are skipped and an unfinished one resumes from its last "
         "checkpoint")
     assert "read-only" in os_error_message(OSError(errno.EROFS, "Read-only file system", "/mnt/ro/x"))
@@ -136,5 +136,5 @@ def test_report_with_results_dir_under_a_file_is_one_line(tmp_path, glue_dir):
                      module="dylora.cli.report")
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("dylora-report: error: cannot write ")
+    assert len(lines) == 1 and lines[0].startswith("dylora-report: error: file system error at ")
     assert "Not a directory; a part of that path is a file" in lines[0]

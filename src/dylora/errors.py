@@ -40,6 +40,6 @@ _FIXES = {
 def os_error_message(e: OSError) -> str:
     """One line for a failure of the environment (disk full, read-only, a path through a file): what
     failed, on which path, and the fix."""
-    where = f" {e.filename}" if e.filename else ""
+    where = f" at {e.filename}" if e.filename else ""
     fix = _FIXES.get(e.errno, "check that path, then run the same command again")
-    return f"cannot write{where}: {e.strerror or e}; {fix}"
+    return f"file system error{where}: {e.strerror or e}; {fix}"

@@ -15,7 +15,7 @@ METADATA = {".svg": {"Date": None, "Creator": None}, ".png": {"Software": None}}
 
 
 def save_figure(fig: plt.Figure, path: Path) -> Path:
-    """Save ``fig`` to ``path`` (.png or .svg) and close nothing; the same figure gives the same bytes."""
+    """Save ``fig`` to ``path`` (.png or .svg; the caller closes it): the same figure gives the same bytes."""
     with plt.rc_context({"svg.hashsalt": "dylora", "svg.id": None}):
         fig.savefig(path, dpi=100, bbox_inches="tight", metadata=METADATA.get(Path(path).suffix))
     return Path(path)
