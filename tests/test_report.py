@@ -266,10 +266,11 @@ def test_summary_auc_and_min_rank_by_hand(results):
     assert row["paper_min_rank_within_tol"] == 8  # rank 7 (85.44) is 1.38 below rank 8 (86.82)
 
 
-def finding_by_hand(task, dylora_bump=0.0):
-    """(drop margin, LoRA avg, DyLoRA avg, gap at r_max) from value(), each method over its finished seeds."""
+def finding_by_hand(task, dylora_bump=0.0, seeds=None):
+    """(drop margin, LoRA avg, DyLoRA avg, gap at r_max) from value(), each method over its finished seeds
+    (or over ``seeds``)."""
     curve = {m: [statistics.mean(table1_value(task, m, s, r) + 100 * (m == "dylora") * dylora_bump
-                                 for s in seeds_of(task, m)) for r in range(1, R_MAX + 1)]
+                                 for s in (seeds or seeds_of(task, m))) for r in range(1, R_MAX + 1)]
              for m in ("lora", "dylora")}
     drops = {m: c[-1] - c[0] for m, c in curve.items()}
     return (drops["lora"] - drops["dylora"], statistics.mean(curve["lora"]), statistics.mean(curve["dylora"]),
@@ -285,6 +286,13 @@ def test_finding_flags_equal_sums_by_hand(results, tmp_path):
         assert row["drop_margin"] == pytest.approx(margin) and row["gap_at_r_max"] == pytest.approx(gap)
         assert row["lora_avg"] == pytest.approx(lora_avg) and row["dylora_avg"] == pytest.approx(dylora_avg)
         assert row["holds"] == (margin >= 3 and dylora_avg >= lora_avg and abs(gap) <= 2)
+        expected = []  # each seed's own verdict, where both methods finished it
+        for seed in sorted(set(seeds_of(task, "lora")) & set(seeds_of(task, "dylora"))):
+            margin, lora_avg, dylora_avg, gap = finding_by_hand(task, seeds=[seed])
+            failed = [name for name, ok in (("drop", margin >= 3), ("avg", dylora_avg >= lora_avg),
+                                            ("r_max", abs(gap) <= 2)) if not ok]
+            expected.append(f"{seed} no ({', '.join(failed)})" if failed else f"{seed} yes")
+        assert row["per_seed"] == "; ".join(expected)
     # value() puts DyLoRA more than 2 points above LoRA at rank 8: only the r_max check fails
     assert finding["drop_ok"].all() and finding["avg_ok"].all() and not finding["r_max_ok"].any()
     assert "holds on 0 of 4 task(s)" in (results / "finding.md").read_text()

@@ -79,6 +79,10 @@ def test_estimate_sums_the_runs_left_at_the_assumed_rates():
     seconds, rates, fallback = reproduce.estimate_seconds(runs, "minilm", "cpu")
     assert seconds == pytest.approx(1500 * train_s + 300 * eval_s) and rates == (train_s, eval_s) and not fallback
     assert reproduce.estimate_seconds(runs, "unknown-model", "cpu")[1:] == (reproduce.FALLBACK_SECONDS, True)
+    factor = reproduce.PRECISION_FACTOR[("cpu", "bf16")]
+    bf16_seconds, bf16_rates, _ = reproduce.estimate_seconds(runs, "minilm", "cpu", "bf16")
+    assert bf16_seconds == pytest.approx(factor * seconds) and bf16_rates == pytest.approx((factor * train_s,
+                                                                                           factor * eval_s))
 
 
 def test_missing_task_files_stop_it_with_one_message_naming_them(small_glue, tmp_path, capsys):

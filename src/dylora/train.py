@@ -167,10 +167,10 @@ def train(
         pending.append((step, rank, loss))
         bar.update(1)
         at_checkpoint = result.steps % trainer.checkpoint_every == 0 or result.steps % per_epoch == 0
-        checkpointing = checkpoint_dir is not None and dist.is_main and at_checkpoint and result.steps < total
-        if checkpointing or result.steps % READ_EVERY == 0 or result.steps == total:
+        # every process reads at the same steps, so all of them stop at the same one on a non-finite loss
+        if at_checkpoint or result.steps % READ_EVERY == 0 or result.steps == total:
             _read_losses(pending, result, bar, callbacks, checkpoint_dir, trainer)
-        if checkpointing:
+        if checkpoint_dir is not None and dist.is_main and at_checkpoint and result.steps < total:
             save_checkpoint(checkpoint_dir, model, optimizer, result, scaler)
     bar.close()
     set_rank(model, adapter_config(model).r_max)

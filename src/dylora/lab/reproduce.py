@@ -48,6 +48,9 @@ SECONDS_PER_SEQUENCE: dict[tuple[str, str], tuple[float, float]] = {
     ("roberta-base", "cpu"): (1.2, 0.4),
 }
 FALLBACK_SECONDS = (0.05, 0.015)
+# The figures above are fp32 ones; a precision with a measured speed on a device scales them. CPU bf16:
+# make bench's bf16_step_ratio on this project's CPU (AMD EPYC, avx512_bf16; results/bench.json).
+PRECISION_FACTOR: dict[tuple[str, str], float] = {("cpu", "bf16"): 0.66}
 
 
 @dataclass(frozen=True)
@@ -156,10 +159,13 @@ def device_type(configs: list[dict[str, Any]]) -> str:
     return sorted(chosen)[0].split(":")[0]
 
 
-def estimate_seconds(runs: list[PlannedRun], model: str, device: str) -> tuple[float, tuple[float, float], bool]:
+def estimate_seconds(runs: list[PlannedRun], model: str, device: str,
+                     precision: str = "fp32") -> tuple[float, tuple[float, float], bool]:
     """(seconds for the runs not yet finished, the per-sequence assumption used, whether it is a fallback)."""
     known = (model, device) in SECONDS_PER_SEQUENCE
     train_s, eval_s = SECONDS_PER_SEQUENCE.get((model, device), FALLBACK_SECONDS)
+    factor = PRECISION_FACTOR.get((device, precision), 1.0)
+    train_s, eval_s = train_s * factor, eval_s * factor
     todo = [r for r in runs if not r.done]
     return sum(r.train_sequences * train_s + r.eval_sequences * eval_s for r in todo), (train_s, eval_s), not known
 
@@ -173,7 +179,8 @@ def describe(configs: list[dict[str, Any]], runs: list[PlannedRun]) -> str:
     first = configs[0]
     model = str(first["model"]["name"])
     device = device_type(configs)
-    seconds, (train_s, eval_s), fallback = estimate_seconds(runs, model, device)
+    precision = str(first["trainer"].get("precision", "fp32"))
+    seconds, (train_s, eval_s), fallback = estimate_seconds(runs, model, device, precision)
     glue_dir = first["data"]["glue_dir"]
     done = sum(r.done for r in runs)
     lines = [
@@ -190,7 +197,7 @@ def describe(configs: list[dict[str, Any]], runs: list[PlannedRun]) -> str:
         f"{sum(r.eval_sequences for r in runs if not r.done):,} evaluation sequences left, about {_hours(seconds)}",
         f"  (ASSUMPTION{' - no figure for this model/device, a generic guess' if fallback else ''}: "
         f"{train_s:g} s per training and {eval_s:g} s per evaluation sequence "
-        f"for {model} on {device}; "
+        f"for {model} on {device} in {precision}; "
         "see dylora.lab.reproduce.SECONDS_PER_SEQUENCE)",
     ]
     if device == "cpu" and model.startswith("roberta"):
