@@ -22,7 +22,7 @@ COMMITTED = REPO / "results" / "table1_cpu" / "records"
 
 def _committed_runs() -> list:
     runs = list(records.iter_runs(COMMITTED))
-    assert len(runs) == 12 and all(r.done for r in runs)
+    assert len(runs) == 36 and all(r.done for r in runs)
     return runs
 
 
