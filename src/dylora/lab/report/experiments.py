@@ -89,7 +89,7 @@ def load_experiments(out_dir: str | Path) -> dict[str, Experiment]:
     if not root.is_dir():
         raise ConfigError(f"out_dir={out_dir} is not a directory; pass out_dir=DIR holding the run records")
     grouped: dict[str, list[RunRecord]] = {}
-    for record in iter_runs(root):
+    for record in iter_runs(root, weights=False):  # tables need the metrics; committed records may lack weights
         grouped.setdefault(_experiment_of(record, root), []).append(record)
     return {name: _experiment(name, runs, root) for name, runs in sorted(grouped.items())}
 
