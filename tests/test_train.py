@@ -6,9 +6,11 @@ import copy
 
 import pytest
 import torch
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 from transformers import DataCollatorWithPadding, get_linear_schedule_with_warmup
 
-from dylora import AdapterConfig, adapter_layers, add_adapters, rank_schedule
+from dylora import AdapterConfig, adapter_layers, add_adapters, rank_schedule, set_rank, summed_ranks
+from dylora.errors import ConfigError
 from dylora.models import load_model, load_tokenizer
 from dylora.spec import ModelSpec, TrainerSpec
 from dylora.sweep import predict
@@ -72,14 +74,14 @@ def training_data(rows: list[dict], collate) -> TaskData:
     return TaskData(rows, collate, evaluate=lambda model, rank: {})
 
 
-def tiny_setup(method: str = "dylora"):
+def tiny_setup(method: str = "dylora", **adapter):
     spec = ModelSpec(name="tiny-roberta", source="tiny", max_length=32,
                      tiny={"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64,
                            "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0})
     tokenizer = load_tokenizer(spec)
     model = load_model(spec, tokenizer, 2)
     torch.manual_seed(0)
-    add_adapters(model, AdapterConfig(method=method, r_max=4, alpha=8))
+    add_adapters(model, AdapterConfig(method=method, r_max=4, alpha=8, **adapter))
     gen = torch.Generator().manual_seed(0)
     rows = [{"input_ids": [101, *torch.randint(1000, 2000, (6,), generator=gen).tolist(), 102], "labels": i % 2}
             for i in range(16)]
@@ -111,6 +113,55 @@ def test_gradient_accumulation_equals_one_larger_batch():
         torch.testing.assert_close(a.lora_A, b.lora_A, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(a.lora_B, b.lora_B, rtol=1e-5, atol=1e-6)
         assert a.lora_B.abs().sum() > 0  # it did train
+
+
+@pytest.mark.parametrize(("update_rule", "distribution", "r_min"), [("all", "uniform", 1), ("frozen", "geometric", 2)])
+def test_the_summed_loss_and_its_gradient_are_the_p_b_weighted_sums_over_ranks(update_rule, distribution, r_min):
+    model, collate, rows = tiny_setup(update_rule=update_rule, distribution=distribution, r_min=r_min, loss="sum")
+    gen = torch.Generator().manual_seed(4)
+    with torch.no_grad():  # random non-zero A and B: with B = 0 the ranks would not differ
+        for _, layer in adapter_layers(model):
+            layer.lora_A.copy_(torch.randn(layer.lora_A.shape, generator=gen))
+            layer.lora_B.copy_(torch.randn(layer.lora_B.shape, generator=gen) * 0.3)
+    reference = copy.deepcopy(model)
+    trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    grads: dict[str, torch.Tensor] = {}
+
+    def capture(optimizer, args, kwargs):  # the step's accumulated gradient, as the optimizer sees it
+        grads.update({n: p.grad.clone() for n, p in trained})
+
+    trainer = TrainerSpec(batch_size=4, grad_accum=2, max_steps=1, warmup_ratio=0.0, max_grad_norm=None)
+    summed = summed_ranks(next(layer for _, layer in adapter_layers(model)).config)
+    handle = register_optimizer_step_pre_hook(capture)
+    try:
+        result = train(model, training_data(rows, collate), trainer, lambda step: 1, 7, CPU, callbacks=QUIET,
+                       summed=summed)
+    finally:
+        handle.remove()
+    # independently: p_B from its formula, one batch of the step's 8 rows, autograd per rank
+    ranks = range(r_min, 5)
+    weights = {b: 1.0 for b in ranks} if distribution == "uniform" else {b: 0.15 * 0.85 ** (b - r_min) for b in ranks}
+    p_b = {b: w / sum(weights.values()) for b, w in weights.items()}
+    assert [b for b, _ in summed] == list(ranks) and [w for _, w in summed] == pytest.approx(list(p_b.values()))
+    per_epoch, _ = total_steps(len(rows), trainer)
+    batch = collate([rows[i] for b in step_indices(len(rows), 0, per_epoch, trainer, 7) for i in b])
+    params = [p for n, p in reference.named_parameters() if p.requires_grad]
+    expected_loss, expected = 0.0, [torch.zeros_like(p) for p in params]
+    for b in ranks:
+        set_rank(reference, b)
+        loss = reference(**batch).loss
+        expected_loss += p_b[b] * loss.item()
+        for total, g in zip(expected, torch.autograd.grad(loss, params, allow_unused=True)):
+            total += p_b[b] * (torch.zeros_like(total) if g is None else g)
+    assert result.losses == [pytest.approx(expected_loss, rel=1e-5)]
+    for (name, _), want in zip(trained, expected):
+        torch.testing.assert_close(grads[name], want, rtol=1e-4, atol=1e-6, msg=name)
+    assert all(grads[n].abs().sum() > 0 for n, _ in trained if "lora_" in n)
+
+
+def test_the_summed_loss_is_dylora_only():
+    with pytest.raises(ConfigError, match="loss=sum sums DyLoRA's loss over the ranks; LoRA trains at r_max only"):
+        AdapterConfig(method="lora", loss="sum")
 
 
 def test_predict_batches_rows_by_length_and_returns_them_in_dataset_order():

@@ -59,6 +59,7 @@ HASH_NEUTRAL: dict[str, Any] = {
     "trainer.precision": "fp32",  # resolved from auto: fp32 on a CPU
     "trainer.tf32": False,  # resolved: false off CUDA
     "model.dtype": "fp32",
+    "method.loss": "sampled",
 }
 
 

@@ -1,7 +1,8 @@
 """One training loop for every task, readable top to bottom.
 
 Each optimisation step draws its rank b once (DyLoRA: ``rank_schedule``; LoRA: r_max) and uses
-it for all of that step's micro-batches. The data order of epoch e is a permutation seeded by
+it for all of that step's micro-batches; with ``method.loss=sum`` a step instead backpropagates
+the sum over every rank b of p_B(b) L_b (``summed_ranks``). The data order of epoch e is a permutation seeded by
 (seed, e), so a run resumed from a checkpoint replays exactly the batches it had not yet seen;
 with the RNG state restored too, a resumed run ends bit-identical to an uninterrupted one.
 Under torch.distributed each process takes its slice of every global batch. Forward and loss
@@ -129,9 +130,11 @@ def train(
     where: Placement,
     checkpoint_dir: Path | None = None,
     callbacks: Callbacks = Callbacks(),
+    summed: Sequence[tuple[int, float]] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on ``data.train`` and return what happened. ``data.loss(logits,
-    labels)``, when given, replaces the model's own loss (e.g. label smoothing)."""
+    labels)``, when given, replaces the model's own loss (e.g. label smoothing). ``summed``: the
+    (rank, weight) pairs every step's loss sums over, in place of ``schedule``'s one rank."""
     dataset, dist, device = data.train, where.dist, where.device
     forward = where.ddp_model or model
     optimizer = make_optimizer(model, trainer)
@@ -149,13 +152,17 @@ def train(
     model.train()
     while result.steps < total:
         step = result.steps
-        rank = schedule(step)
-        set_rank(model, rank)
+        terms = summed or [(schedule(step), 1.0)]
+        rank = max(b for b, _ in terms)  # the rank the step's update covers
         for group in optimizer.param_groups:
             group["lr"] = trainer.lr * lr_factor(step, total, warmup)
         micro_batches = step_indices(len(dataset), step, per_epoch, trainer, seed, lengths)
-        loss = _accumulate(forward, dataset, data.collate, micro_batches, dist, device, precision, scaler,
-                           data.loss)
+        loss = torch.zeros((), device=device)
+        for i, (b, weight) in enumerate(terms):
+            set_rank(model, b)
+            loss += weight * _accumulate(forward, dataset, data.collate, micro_batches, dist, device, precision,
+                                         scaler, data.loss, weight, sync=i == len(terms) - 1)
+        set_rank(model, rank)  # hold_untrained_rows keeps the rows above it
         if trainer.max_grad_norm is not None:
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], trainer.max_grad_norm)
@@ -197,9 +204,10 @@ def _read_losses(pending: list[tuple[int, int, torch.Tensor]], result: TrainResu
 
 
 def _accumulate(forward, dataset, collate, micro_batches, dist: Distributed, device, precision: str,
-                scaler: torch.amp.GradScaler, loss_fn=None) -> torch.Tensor:
-    """Backward over one step's micro-batches (this process's slice); returns the step's mean loss, on the
-    device. Forward and loss run under ``precision``'s autocast, backward outside it (PyTorch's AMP recipe)."""
+                scaler: torch.amp.GradScaler, loss_fn=None, scale: float = 1.0, sync: bool = True) -> torch.Tensor:
+    """Backward of ``scale`` x the loss over one step's micro-batches (this process's slice); returns the
+    step's mean loss, unscaled, on the device. Forward and loss run under ``precision``'s autocast, backward
+    outside it (PyTorch's AMP recipe). ``sync``: DDP all-reduces on the last micro-batch (else never)."""
     n_step = sum(len(b) for b in micro_batches)
     total_loss = torch.zeros((), device=device)
     for i, indices in enumerate(micro_batches):
@@ -209,8 +217,8 @@ def _accumulate(forward, dataset, collate, micro_batches, dist: Distributed, dev
         batch = {k: v.to(device) for k, v in collate([dataset[j] for j in mine or indices[:1]]).items()}
         # This slice's share of the global batch, times world because DDP averages over processes:
         # the gradient is then the global batch's mean whatever the split.
-        weight = len(mine) * dist.world / n_step
-        last = i == len(micro_batches) - 1
+        weight = scale * len(mine) * dist.world / n_step
+        last = sync and i == len(micro_batches) - 1
         with nullcontext() if last or not hasattr(forward, "no_sync") else forward.no_sync():  # one all-reduce per step
             with autocast(precision, device):
                 if loss_fn is None:

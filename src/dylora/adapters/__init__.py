@@ -15,7 +15,7 @@ from dylora.adapters.model import (
     trainable_parameters,
     unmerge,
 )
-from dylora.adapters.sampling import RankSampler, rank_pmf, rank_schedule
+from dylora.adapters.sampling import RankSampler, rank_pmf, rank_schedule, summed_ranks
 
 __all__ = [
     "AdapterConfig",
@@ -35,6 +35,7 @@ __all__ = [
     "read_adapter_config",
     "save_adapter",
     "set_rank",
+    "summed_ranks",
     "trainable_parameters",
     "unmerge",
 ]

@@ -12,6 +12,9 @@ default is stated (see ../shared/reference/dylora_paper_setup.md, sections 3, 4 
 * ``update_rule``: ``"all"`` (default, the paper's headline "DyLoRA") trains rows/columns
   1..b; ``"frozen"`` (the paper's "DyLoRA (Frozen)", what the official code always runs)
   trains only row/column b.
+* ``loss``: ``"sampled"`` (default, the paper's Eq. 9) trains each step at one sampled b;
+  ``"sum"`` (nested dropout's expected loss, the paper's Table 7) trains every step on
+  sum over b in [r_min, r_max] of p_B(b) L_b: one forward and backward per rank.
 * ``masking``: how rows that must not learn are kept out. ``"gradient"`` (default) zeroes
   their gradient, as the official code does (AdamW momentum and weight decay still move
   them); ``"update"`` restores them after every optimizer step, so they stay exactly still,
@@ -30,6 +33,7 @@ SCALINGS = ("rank", "r_max")
 DISTRIBUTIONS = ("uniform", "geometric")
 UPDATE_RULES = ("all", "frozen")
 MASKINGS = ("gradient", "update")
+LOSSES = ("sampled", "sum")
 
 
 def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
@@ -53,6 +57,7 @@ class AdapterConfig:
     geometric_p: float = 0.15
     update_rule: str = "all"
     masking: str = "gradient"
+    loss: str = "sampled"
 
     def __post_init__(self) -> None:
         _choice("method", self.method, METHODS)
@@ -60,6 +65,10 @@ class AdapterConfig:
         _choice("distribution", self.distribution, DISTRIBUTIONS)
         _choice("update_rule", self.update_rule, UPDATE_RULES)
         _choice("masking", self.masking, MASKINGS)
+        _choice("loss", self.loss, LOSSES)
+        if self.loss == "sum" and self.method == "lora":
+            raise ConfigError("loss=sum sums DyLoRA's loss over the ranks; LoRA trains at r_max only: "
+                              "use method.loss=sampled, or method=dylora")
         for name in ("r_max", "r_min"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -3,7 +3,8 @@
 DyLoRA draws one b per optimisation step for the whole model (every layer, every
 gradient-accumulation micro-batch of that step). The draw is a pure function of
 (seed, step), so distributed processes agree without communicating and a resumed run draws
-the same sequence. LoRA never samples: it trains at r_max.
+the same sequence. LoRA never samples: it trains at r_max. With ``loss="sum"`` nothing is drawn:
+every step trains on every rank, its loss weighted by p_B(b) (``summed_ranks``).
 """
 
 from __future__ import annotations
@@ -50,3 +51,11 @@ def rank_schedule(config: AdapterConfig, seed: int) -> Callable[[int], int]:
     if config.method == "lora":
         return lambda step: config.r_max
     return RankSampler(config.r_min, config.r_max, config.distribution, config.geometric_p, seed)
+
+
+def summed_ranks(config: AdapterConfig) -> list[tuple[int, float]] | None:
+    """With ``loss="sum"``, the (b, p_B(b)) each step's loss sums over; None when a step trains one rank."""
+    if config.loss != "sum":
+        return None
+    pmf = rank_pmf(config.r_min, config.r_max, config.distribution, config.geometric_p)
+    return [(b, float(p)) for b, p in zip(range(config.r_min, config.r_max + 1), pmf)]
