@@ -9,7 +9,8 @@ RUN     := $(PY) -m dylora.run
 REPORT  := $(PY) -m dylora.cli.report
 
 .PHONY: setup java models lint test test-fast demo clean reproduce-table1 reproduce-table1-cpu \
-  reproduce-table1-mpnet-cpu search-cost bench
+  reproduce-table1-mpnet-cpu reproduce-table4 reproduce-table4-cpu reproduce-table7 reproduce-table7-cpu \
+  search-cost bench
 
 setup: $(STAMP) java
 
@@ -64,35 +65,54 @@ clean:
 ## Runs start in TASKS order: the longest first, so the two workers finish close together.
 ## reproduce-table1-mpnet-cpu: the same on MPNet-base (make models first) with the cpu_base preset,
 ## LoRA and DyLoRA, seed 42, about two hours (results/table1_mpnet_cpu/CALIBRATION.md).
+## reproduce-table4[-cpu]: the paper's Table 4, p_B (uniform, geometric 0.15) x update rule (rows
+## 1..b, row b); -cpu on MRPC and STS-B, MiniLM, seed 42 (about 20 min).
+## reproduce-table7[-cpu]: the paper's Table 7, one sampled rank per step vs the summed loss, on
+## CoLA with fewer epochs; -cpu on MiniLM, seed 42 (about 20 min).
 OUT_DIR     ?= experiments
 RESULTS_DIR ?= results
 OVERRIDES   ?=
 reproduce-table1: TASKS ?= mnli sst2 mrpc cola qnli qqp rte stsb
 reproduce-table1: SEEDS ?= 10 42 4242 1010
-reproduce-table1: TABLE1_EXPERIMENT = table1
+reproduce-table1: EXPERIMENT = table1
 reproduce-table1-cpu: TASKS ?= mrpc stsb cola rte
 reproduce-table1-cpu: SEEDS ?= 42 43 44
-reproduce-table1-cpu: TABLE1_EXPERIMENT = table1_cpu
+reproduce-table1-cpu: EXPERIMENT = table1_cpu
 reproduce-table1-mpnet-cpu: TASKS ?= rte mrpc stsb cola
 reproduce-table1-mpnet-cpu: SEEDS ?= 42
 reproduce-table1-mpnet-cpu: METHODS ?= lora dylora
-reproduce-table1-mpnet-cpu: TABLE1_EXPERIMENT = table1_mpnet_cpu
-reproduce-table1-cpu reproduce-table1-mpnet-cpu: GLUE_DIR ?= ../shared/data/glue
-reproduce-table1-cpu reproduce-table1-mpnet-cpu: JOBS ?= 2
-reproduce-table1-cpu reproduce-table1-mpnet-cpu: LAUNCH = hydra/launcher=local_parallel hydra.launcher.n_jobs=$(JOBS)
-reproduce-table1-cpu reproduce-table1-mpnet-cpu: export OMP_NUM_THREADS ?= 1
+reproduce-table1-mpnet-cpu: EXPERIMENT = table1_mpnet_cpu
+TABLE4_METHODS := dylora dylora_frozen dylora_geometric dylora_frozen_geometric
+reproduce-table4: TASKS ?= sst2 mrpc cola qnli rte stsb
+reproduce-table4: SEEDS ?= 10 42 4242 1010
+reproduce-table4-cpu: TASKS ?= mrpc stsb
+reproduce-table4-cpu: SEEDS ?= 42
+reproduce-table4 reproduce-table4-cpu: METHODS ?= $(TABLE4_METHODS)
+reproduce-table4: EXPERIMENT = table4
+reproduce-table4-cpu: EXPERIMENT = table4_cpu
+reproduce-table7: SEEDS ?= 10 42 4242 1010
+reproduce-table7-cpu: SEEDS ?= 42
+reproduce-table7 reproduce-table7-cpu: TASKS ?= cola
+reproduce-table7 reproduce-table7-cpu: METHODS ?= dylora dylora_sum
+reproduce-table7: EXPERIMENT = table7
+reproduce-table7-cpu: EXPERIMENT = table7_cpu
+CPU_SWEEPS := reproduce-table1-cpu reproduce-table1-mpnet-cpu reproduce-table4-cpu reproduce-table7-cpu
+$(CPU_SWEEPS): GLUE_DIR ?= ../shared/data/glue
+$(CPU_SWEEPS): JOBS ?= 2
+$(CPU_SWEEPS): LAUNCH = hydra/launcher=local_parallel hydra.launcher.n_jobs=$(JOBS)
+$(CPU_SWEEPS): export OMP_NUM_THREADS ?= 1
 _empty :=
 _comma := ,
 METHODS     ?= lora dylora dylora_frozen
 # space-separated TASKS/METHODS/SEEDS -> Hydra's comma sweeps
-TABLE1_ARGS = experiment=$(TABLE1_EXPERIMENT) task=$(subst $(_empty) ,$(_comma),$(strip $(TASKS))) \
+SWEEP_ARGS = experiment=$(EXPERIMENT) task=$(subst $(_empty) ,$(_comma),$(strip $(TASKS))) \
   method=$(subst $(_empty) ,$(_comma),$(strip $(METHODS))) seed=$(subst $(_empty) ,$(_comma),$(strip $(SEEDS))) out_dir=$(OUT_DIR) \
   $(if $(GLUE_DIR),data.glue_dir=$(GLUE_DIR)) $(if $(MODEL_PATH),model.path=$(MODEL_PATH)) $(OVERRIDES)
 
-reproduce-table1 reproduce-table1-cpu reproduce-table1-mpnet-cpu: $(STAMP)
-	$(PY) -m dylora.lab.reproduce $(TABLE1_ARGS)
-	$(RUN) -m $(TABLE1_ARGS) $(LAUNCH)
-	$(REPORT) experiment=$(TABLE1_EXPERIMENT) out_dir=$(OUT_DIR) results_dir=$(RESULTS_DIR)
+reproduce-table1 reproduce-table4 reproduce-table7 $(CPU_SWEEPS): $(STAMP)
+	$(PY) -m dylora.lab.reproduce $(SWEEP_ARGS)
+	$(RUN) -m $(SWEEP_ARGS) $(LAUNCH)
+	$(REPORT) experiment=$(EXPERIMENT) out_dir=$(OUT_DIR) results_dir=$(RESULTS_DIR)
 
 ## LoRA trained separately at every rank 1..8 vs one DyLoRA run, measured wall-clock (synthetic
 ## task, a few CPU minutes; one thread: a tiny model only waits on more): results/search_cost/

@@ -165,3 +165,22 @@ def test_committed_tables_regenerate_from_the_committed_records(tmp_path):
     for name in ("table1.csv", "table2.csv", "summary.csv", "finding.csv"):
         expected = pd.read_csv(RESULTS / name)
         pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "table1_cpu" / name), expected)
+
+
+def test_a_summed_loss_run_is_planned_at_one_pass_per_rank(small_glue, tmp_path):
+    args = ["experiment=table1_cpu", "task=rte", "seed=1", f"data.glue_dir={small_glue}", f"out_dir={tmp_path}"]
+    [sampled] = reproduce.plan([*args, "method=dylora"])[1]
+    [summed] = reproduce.plan([*args, "method=dylora_sum"])[1]
+    assert summed.train_sequences == 8 * sampled.train_sequences  # ranks 1..8, each a forward and backward
+    assert summed.eval_sequences == sampled.eval_sequences
+
+
+def test_several_sweeps_print_one_plan_each_and_their_total(small_glue, tmp_path, capsys):
+    common = [f"data.glue_dir={small_glue}", f"out_dir={tmp_path}", "seed=1"]
+    assert reproduce.main(["experiment=table4_cpu", "task=rte", "method=dylora,dylora_geometric", *common, "::",
+                           "experiment=table7_cpu", "method=dylora,dylora_sum", *common]) == 0
+    out = capsys.readouterr().out
+    assert "plan: experiment table4_cpu: 2 runs" in out and "plan: experiment table7_cpu: 2 runs" in out
+    assert "total: 2 sweeps, 4 runs, about" in out
+    assert reproduce.main(["experiment=table4_cpu", "::"]) == 1
+    assert "sweep 2 of 2 has no overrides" in capsys.readouterr().err

@@ -101,3 +101,20 @@ def test_cli_reports_a_bad_override_in_one_line(tmp_path):
     proc = run_cli([*SEARCH, "method.r_max=0", f"out_dir={tmp_path}"], cwd=REPO, module="dylora.lab.search_cost")
     assert proc.returncode == 1
     assert "r_max=0" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_the_lora_search_can_be_limited_to_the_papers_power_of_two_ranks():
+    config = compose_config([*SEARCH, "method.r_max=4"])
+    dylora, lora = search_cost.search_specs(config, [4, 1, 2])
+    assert dylora.eval_ranks == [1, 2, 3, 4]
+    assert [(s.adapter.r_max, s.eval_ranks) for s in lora] == [(1, [1]), (2, [2]), (4, [4])]
+    cost = SearchCost("synthetic", "validation", "accuracy", 4,
+                      [RunCost("lora", r, 1.0, 0.5, r, 0.5, f"l{r}") for r in (1, 2, 4)],
+                      RunCost("dylora", 4, 2.0, 1.0, 3, 0.6, "d"))
+    assert "LoRA at ranks 1, 2, 4 vs one DyLoRA run" in search_cost.markdown(cost)
+    for bad in ([1, 2], [0, 4], [2, 8]):  # must reach r_max, and stay within 1..r_max
+        with pytest.raises(ConfigError, match=r"LoRA's ranks must lie in 1..r_max=4 and include it"):
+            search_cost.search_specs(config, bad)
+    assert search_cost.parser().parse_intermixed_args(["--ranks", "1,2,4"]).ranks == [1, 2, 4]
+    with pytest.raises(SystemExit):
+        search_cost.parser().parse_intermixed_args(["--ranks", "1,two"])

@@ -137,6 +137,7 @@ def split_sizes(task: str, glue_dir: str | None) -> tuple[int, tuple[int, ...]]:
 
 def plan_run(config: dict[str, Any]) -> PlannedRun:
     from dylora import records
+    from dylora.adapters import summed_ranks
     from dylora.spec import RunSpec
 
     spec = RunSpec.from_dict(config)
@@ -149,6 +150,7 @@ def plan_run(config: dict[str, Any]) -> PlannedRun:
         train_sequences = trainer.max_steps * per_step
     else:
         train_sequences = math.ceil(trainer.epochs * math.ceil(n_train / per_step)) * per_step
+    train_sequences *= len(summed_ranks(spec.adapter) or [None])  # loss=sum: a pass per rank each step
     run_dir = records.run_dir_for(spec.out_dir, spec.config)  # as the runner names it: per-task values applied
     done = (run_dir / records.DONE).exists()
     return PlannedRun(spec.task.name, spec.method_name, spec.seed, train_sequences, n_eval * len(spec.eval_ranks), done)
@@ -216,17 +218,44 @@ def plan(overrides: list[str]) -> tuple[list[dict[str, Any]], list[PlannedRun]]:
     return configs, [plan_run(c) for c in configs]
 
 
+SWEEP_SEPARATOR = "::"  # between the sweeps of one plan (make reproduce-paper: one per table)
+
+
+def sweeps(args: list[str]) -> list[list[str]]:
+    """``args`` cut at each ``::`` into the overrides of one ``dylora-run -m`` each."""
+    groups: list[list[str]] = [[]]
+    for arg in args:
+        if arg == SWEEP_SEPARATOR:
+            groups.append([])
+        else:
+            groups[-1].append(arg)
+    empty = [i + 1 for i, g in enumerate(groups) if not g]
+    if empty:
+        raise ConfigError(f"sweep {empty[0]} of {len(groups)} has no overrides: put {SWEEP_SEPARATOR} only "
+                          "between the overrides of two sweeps")
+    return groups
+
+
 def main(argv: list[str] | None = None) -> int:
-    overrides = list(sys.argv[1:] if argv is None else argv)
+    """Print the plan of one sweep, or of several separated by ``::`` with their total cost."""
+    args = list(sys.argv[1:] if argv is None else argv)
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     try:
-        configs, runs = plan(overrides)
+        planned = [plan(overrides) for overrides in sweeps(args)]
     except (DyLoRAError, HydraException, OmegaConfBaseException) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(describe(configs, runs), flush=True)
+    for configs, runs in planned:
+        print(describe(configs, runs), flush=True)
+    if len(planned) > 1:
+        total = sum(estimate_seconds(runs, str(configs[0]["model"]["name"]), device_type(configs),
+                                     str(configs[0]["trainer"].get("precision", "fp32")))[0]
+                    for configs, runs in planned)
+        n_runs = sum(len(runs) for _, runs in planned)
+        print(f"total: {len(planned)} sweeps, {n_runs} runs, about {_hours(total)} at the assumptions above",
+              flush=True)
     return 0
 
 

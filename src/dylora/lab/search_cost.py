@@ -8,7 +8,9 @@ best metric each search finds (LoRA: best over its separately trained ranks, eac
 its own rank; DyLoRA: best over its one rank sweep).
 
     python -m dylora.lab.search_cost experiment=search_cost_cpu [hydra overrides] [--results DIR]
-                                     [--split NAME] [--metric NAME]
+                                     [--split NAME] [--metric NAME] [--ranks 1,2,4,8]
+
+``--ranks`` limits the LoRA search to those ranks (the paper's Table 5: powers of two up to r_max).
 """
 
 from __future__ import annotations
@@ -96,15 +98,21 @@ def lora_config(config: dict, rank: int) -> dict:
     return {**config, "method": method}
 
 
-def search_specs(config: dict) -> tuple[RunSpec, list[RunSpec]]:
-    """(the DyLoRA run, the LoRA runs at ranks 1..r_max) for a resolved DyLoRA run config."""
+def search_specs(config: dict, ranks: Sequence[int] | None = None) -> tuple[RunSpec, list[RunSpec]]:
+    """(the DyLoRA run, the LoRA runs at ``ranks``: default every rank 1..r_max) for a resolved DyLoRA run
+    config."""
     dylora = RunSpec.from_dict(config)
+    r_max = dylora.adapter.r_max
     if dylora.adapter.method != "dylora":
         raise ConfigError(f"the search-cost experiment starts from a DyLoRA config; got method.method="
                           f"{dylora.adapter.method!r}: use method=dylora or method=dylora_frozen")
-    if dylora.eval_ranks != list(range(1, dylora.adapter.r_max + 1)):
+    if dylora.eval_ranks != list(range(1, r_max + 1)):
         raise ConfigError(f"method.eval_ranks={dylora.eval_ranks}: the DyLoRA search sweeps every rank; leave it null")
-    return dylora, [RunSpec.from_dict(lora_config(config, r)) for r in range(1, dylora.adapter.r_max + 1)]
+    ranks = sorted(set(ranks)) if ranks else list(range(1, r_max + 1))
+    if ranks[0] < 1 or ranks[-1] != r_max:
+        raise ConfigError(f"--ranks {','.join(map(str, ranks))}: LoRA's ranks must lie in 1..r_max={r_max} and "
+                          f"include it (e.g. --ranks 1,2,4,{r_max}), so both searches reach the same rank")
+    return dylora, [RunSpec.from_dict(lora_config(config, r)) for r in ranks]
 
 
 def run_cost(run_dir: Path, method: str, r_max: int, split: str, metric: str) -> RunCost:
@@ -147,10 +155,16 @@ def _rows(cost: SearchCost) -> list[dict]:
     return [{**asdict(r), "seconds": r.seconds} for r in [*cost.lora, cost.dylora]]
 
 
+def _lora_ranks(cost: SearchCost) -> str:
+    ranks = [r.r_max for r in cost.lora]
+    return f"every rank 1..{cost.r_max}" if ranks == list(range(1, cost.r_max + 1)) else \
+        "ranks " + ", ".join(map(str, ranks))
+
+
 def markdown(cost: SearchCost) -> str:
     s = cost.summary()
     lines = [
-        f"# Search cost: LoRA at every rank 1..{s['r_max']} vs one DyLoRA run "
+        f"# Search cost: LoRA at {_lora_ranks(cost)} vs one DyLoRA run "
         f"({s['task']}, {s['split']} {s['metric']})",
         "",
         "| run | trained r_max | train s | rank sweep s | total s | best rank | best value |",
@@ -163,7 +177,7 @@ def markdown(cost: SearchCost) -> str:
         "",
         "| search | trainings | total s (train + eval) | train s | best rank | best value |",
         "|---|---:|---:|---:|---:|---:|",
-        f"| LoRA, every rank 1..{s['r_max']} | {s['lora_trainings']} | {s['lora_total_seconds']:.2f} | "
+        f"| LoRA, {_lora_ranks(cost)} | {s['lora_trainings']} | {s['lora_total_seconds']:.2f} | "
         f"{s['lora_train_seconds']:.2f} | {s['lora_best_rank']} | {s['lora_best_value']:.4f} |",
         f"| DyLoRA, one run | 1 | {s['dylora_total_seconds']:.2f} | {s['dylora_train_seconds']:.2f} | "
         f"{s['dylora_best_rank']} | {s['dylora_best_value']:.4f} |",
@@ -196,9 +210,9 @@ def write_tables(cost: SearchCost, out_dir: str | Path) -> list[Path]:
 
 
 def run(overrides: list[str], results_dir: str | Path = RESULTS_DIR, split: str | None = None,
-        metric: str | None = None) -> tuple[SearchCost, list[Path]]:
+        metric: str | None = None, ranks: Sequence[int] | None = None) -> tuple[SearchCost, list[Path]]:
     """Compose, run both searches, write the tables: what the command line does."""
-    dylora, lora = search_specs(compose_config(overrides))
+    dylora, lora = search_specs(compose_config(overrides), ranks)
     default_split, default_name = default_metric(dylora.task.name)
     cost = measure(dylora, lora, split or default_split, metric or default_name)
     return cost, write_tables(cost, results_dir)
@@ -213,13 +227,22 @@ def parser() -> argparse.ArgumentParser:
                    help="where search_cost.{md,csv,json} go (default: %(default)s)")
     p.add_argument("--split", metavar="NAME", help="split of the metric each search ranks by (default: the task's)")
     p.add_argument("--metric", metavar="NAME", help="metric each search ranks by (default: the task's)")
+    p.add_argument("--ranks", type=_ranks, metavar="R,R,..",
+                   help="the ranks LoRA is trained at, ending at r_max (default: every rank 1..r_max)")
     return p
+
+
+def _ranks(text: str) -> list[int]:
+    try:
+        return [int(r) for r in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of whole ranks, e.g. 1,2,4,8")
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_intermixed_args(argv)
     try:
-        cost, paths = run(args.overrides, args.results, args.split, args.metric)
+        cost, paths = run(args.overrides, args.results, args.split, args.metric, args.ranks)
     except DyLoRAError as e:
         print(f"search_cost: error: {e}", file=sys.stderr)
         sys.exit(1)

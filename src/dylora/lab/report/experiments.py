@@ -17,7 +17,7 @@ from dylora.records import DONE, RunRecord, iter_runs
 
 GLUE = ("mnli", "sst2", "mrpc", "cola", "qnli", "qqp", "rte", "stsb")  # the paper's column order
 NLG = ("e2e", "dart", "webnlg")
-METHOD_ORDER = ("lora", "dylora", "dylora_frozen")
+METHOD_ORDER = ("lora", "dylora", "dylora_frozen", "dylora_geometric", "dylora_frozen_geometric", "dylora_sum")
 SOURCES = ("ours", "paper", "delta")
 SOURCE_LABELS = {"ours": "ours", "paper": "paper", "delta": "Δ"}
 AVG = "avg"
