@@ -12,11 +12,12 @@ import pytest
 
 from dylora.errors import ConfigError
 from dylora.lab import report
-from dylora.records import MetricRow, mark_done, run_dir_for, write_config, write_metrics
+from dylora.records import MetricRow, mark_done, run_dir_for, write_config, write_env, write_metrics
 
 EXPERIMENT = "glue_small"
 TASKS = ("mnli", "sst2", "mrpc", "cola")
 METHODS = ("lora", "dylora", "dylora_frozen")
+VARIANTS = ("dylora_geometric", "dylora_frozen_geometric", "dylora_sum")  # the ablations' methods
 SEEDS = (0, 1, 2)
 R_MAX = 8
 # (split, metric) pairs each task logs, as the trainer would.
@@ -37,7 +38,8 @@ def value(task, method, seed, rank, split, metric):
     base = {"mnli": 0.80, "sst2": 0.90, "mrpc": 0.85, "cola": 0.55}.get(task, 0.75)
     shape = -0.3 / rank if method == "lora" else 0.02 * math.sin(rank)
     noise = seed * 0.007 + 0.004 * ((seed * rank + len(task)) % 3)  # spread varies by rank and task
-    offset = METHODS.index(method) * 0.003 + noise + (0.01 if "mis" in split else 0) + (metric == "f1") * 0.02
+    offset = ((*METHODS, *VARIANTS).index(method) * 0.003 + noise + (0.01 if "mis" in split else 0)
+              + (metric == "f1") * 0.02)
     return base + shape + offset
 
 
@@ -47,8 +49,9 @@ def config(task, method, seed):
         "model": {"name": "tiny-roberta"}, "task": {"name": task},
         "method": {"name": method, "method": "lora" if method == "lora" else "dylora", "r_min": 1,
                    "r_max": R_MAX, "alpha": 16, "scaling": "rank", "distribution": "uniform",
-                   "geometric_p": 0.15, "update_rule": "frozen" if method == "dylora_frozen" else "all",
-                   "masking": "gradient", "eval_ranks": None, "dropout": 0.0},
+                   "geometric_p": 0.15, "update_rule": "frozen" if method.startswith("dylora_frozen") else "all",
+                   "masking": "gradient", "eval_ranks": None, "dropout": 0.0,
+                   **({"loss": "sum"} if method == "dylora_sum" else {})},
         "trainer": {"epochs": 2, "max_steps": None, "lr": 4e-4, "batch_size": 32},
         "data": {"max_train_samples": 1000, "max_eval_samples": None},
     }
@@ -333,6 +336,59 @@ def test_paper_avg_is_the_printed_one_when_all_glue_tasks_are_shown(tmp_path):
     ours = statistics.mean(table2_value(t, "dylora", 0, 4) for t in LOGGED)
     delta = table.cells.query("method == 'dylora' and row == '4' and source == 'delta' and task == 'avg'")
     assert delta["mean"].tolist() == [pytest.approx(ours - 85.53)]
+
+
+def test_table4_shows_each_variant_at_rank_1_and_r_max_beside_the_papers_row_for_its_p_b(tmp_path, results):
+    six = ("sst2", "mrpc", "cola", "qnli", "rte", "stsb")
+    variants = ("dylora", "dylora_frozen", "dylora_geometric", "dylora_frozen_geometric")
+    for task in six:
+        for method in (*variants, "lora"):  # LoRA's runs are no row of Table 4
+            for seed in (0, 1):
+                write_run(tmp_path, task, method, seed)
+    paths = report.build_report(tmp_path, tmp_path / "results")[EXPERIMENT]
+    assert {p.name for p in paths} >= {"table4.md", "table4.csv", "table4.tex"}
+    assert not (results / "table4.csv").exists()  # an experiment without the ablation's runs has none
+    csv = pd.read_csv(tmp_path / "results" / EXPERIMENT / "table4.csv")
+    assert set(csv["method"]) == set(variants) and set(csv["row"]) == {"rank 1", "rank 8"}
+    for method in variants:
+        for rank in (1, 8):
+            ours = statistics.mean(table2_value(t, method, s, rank) for t in ("mrpc",) for s in (0, 1))
+            assert cell(csv, method, f"rank {rank}", "ours", "mrpc")["mean"] == pytest.approx(ours)
+    # the paper's numbers, told apart by p_B (EACL Table 4)
+    assert cell(csv, "dylora", "rank 8", "paper", "mrpc")["mean"] == 91.38  # uniform
+    assert cell(csv, "dylora_geometric", "rank 8", "paper", "mrpc")["mean"] == 90.84
+    assert cell(csv, "dylora_frozen_geometric", "rank 1", "paper", "rte")["mean"] == 68.52
+    assert cell(csv, "dylora_frozen", "rank 1", "paper", "avg")["mean"] == 81.61  # printed: all six shown
+    ours_avg = statistics.mean(table2_value(t, "dylora_geometric", s, 1) for t in six for s in (0, 1))
+    assert cell(csv, "dylora_geometric", "rank 1", "delta", "avg")["mean"] == pytest.approx(ours_avg - 83.42)
+    md = (tmp_path / "results" / EXPERIMENT / "table4.md").read_text()
+    assert "DyLoRA (Frozen), geometric p_B" in md and "Table 4" in md
+
+
+def test_table7_sets_the_summed_loss_beside_the_sampled_one_by_metric_and_training_time(tmp_path):
+    seconds = {("dylora", 0): 600.0, ("dylora", 1): 640.0, ("dylora_sum", 0): 4000.0, ("dylora_sum", 1): 4400.0}
+    for (method, seed), train_seconds in seconds.items():
+        run_dir = write_run(tmp_path, "cola", method, seed)
+        write_env(run_dir, {"train_seconds": train_seconds, "sweep_seconds": 9.0})
+        mark_done(run_dir)  # DONE again: it covers env.json
+    write_run(tmp_path, "cola", "lora", 0)  # no row of Table 7
+    report.build_report(tmp_path, tmp_path / "results")
+    folder = tmp_path / "results" / EXPERIMENT
+    csv = pd.read_csv(folder / "table7.csv")
+    assert set(csv["method"]) == {"dylora", "dylora_sum"}
+    for method in ("dylora", "dylora_sum"):
+        avg = statistics.mean(statistics.mean(table2_value("cola", method, s, r) for r in range(1, R_MAX + 1))
+                              for s in (0, 1))
+        assert cell(csv, method, "avg 1..8", "ours", "cola")["mean"] == pytest.approx(avg)
+        assert cell(csv, method, "training s", "ours", "cola")["mean"] == pytest.approx(
+            statistics.mean(seconds[(method, s)] for s in (0, 1)))
+    assert cell(csv, "dylora_sum", "avg 1..8", "paper", "cola")["mean"] == 54.12
+    assert cell(csv, "dylora", "training s", "paper", "cola")["mean"] == 645.82
+    assert csv[(csv["row"] == "training s") & (csv["source"] == "delta")].empty  # other hardware: no Δ
+    md = (folder / "table7.md").read_text()
+    assert f"ours {4200 / 620:.2f}x; paper {1175.69 / 645.82:.2f}x" in md
+    assert "DyLoRA, summed loss: r 1..8, alpha 16, scaling rank, p_B uniform, update rule all, masking gradient, " \
+           "loss summed over ranks." in md
 
 
 def test_incomplete_superseded_corrupted_and_unreadable_runs_are_reported(tmp_path):

@@ -160,13 +160,15 @@ def paper_entry(
     metric: str | None,
     rank: int | str,
     paper_version: str = EACL,
+    variant: str | None = None,
 ) -> PaperValue | None:
     """The paper's number for one cell, or None where the paper prints none.
 
     Names may be ours (``sst2``, ``dylora_frozen``, ``matthews_correlation``) or the paper's.
     ``metric=None`` takes the table's one metric for the task: the workshop Table 1 records its
     per-task metric as ``task_default``, and Avg cells as ``avg_of_task_metrics``.
-    ``rank`` is an int or a CSV rank label such as ``avg_1_8`` or ``best_of_1_8``.
+    ``rank`` is an int or a CSV rank label such as ``avg_1_8`` or ``best_of_1_8``. ``variant``: text the
+    row's notes must contain, for variants told apart only there (Table 4's ``p_B=uniform``).
     """
     df = _load()
     _check_table(df, table, paper_version)
@@ -179,6 +181,8 @@ def paper_entry(
     ]
     if metric is not None:
         hit = hit[hit["metric"] == _as_paper(METRICS, metric)]
+    if variant is not None:
+        hit = hit[hit["notes"].str.contains(variant, regex=False)]
     if len(hit) > 1:
         raise ConfigError(
             f"{paper_version}/{table} has {len(hit)} numbers for {method}/{task}/{metric}/rank {rank} "
@@ -197,7 +201,8 @@ def paper_value(
     metric: str | None,
     rank: int | str,
     paper_version: str = EACL,
+    variant: str | None = None,
 ) -> float | None:
     """The paper's number for one cell (see ``paper_entry``), or None where it prints none."""
-    entry = paper_entry(table, method, task, metric, rank, paper_version)
+    entry = paper_entry(table, method, task, metric, rank, paper_version, variant)
     return None if entry is None else entry.value

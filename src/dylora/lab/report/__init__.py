@@ -8,6 +8,10 @@ For each experiment under ``out_dir`` this writes, into ``<results_dir>/<experim
 * ``table2.{md,csv,tex}``: the EACL paper's Table 2 shape, one row per rank 1..r_max and
   method, "mean ± std over seeds", the best rank per method and task in bold; MRPC F1, MNLI
   matched accuracy.
+* ``table4.{md,csv,tex}`` (experiments with the p_B ablation's methods, ``dylora_geometric`` or
+  ``dylora_frozen_geometric``): EACL Table 4, each p_B x update-rule variant at rank 1 and r_max.
+* ``table7.{md,csv,tex}`` (experiments with ``dylora_sum``): EACL Table 7, the average over ranks
+  and the measured training time of one sampled rank per step against the summed loss.
 * ``rank_curve_<task>.{png,svg}``: metric vs rank per method (Table 2 metrics), ±std band,
   the paper's points overlaid.
 * ``summary.{csv,md}``: per task and method, the normalised area under the rank curve and the
@@ -51,11 +55,12 @@ from dylora.lab.report.finding import paper_finding, write_finding
 from dylora.lab.report.nlg import nlg_tables, plot_nlg_curves
 from dylora.lab.report.render import write_table
 from dylora.lab.report.scoring import scores
-from dylora.lab.report.tables import table1, table2
+from dylora.lab.report.tables import table1, table2, table4, table7
 
 __all__ = [
     "CSV_COLUMNS", "Experiment", "Issue", "build_report", "load_experiments", "min_rank_within", "normalised_auc",
-    "paper_finding", "rank_summary", "scores", "select_experiments", "table1", "table2", "write_finding",
+    "paper_finding", "rank_summary", "scores", "select_experiments", "table1", "table2", "table4", "table7",
+    "write_finding",
     "write_report",
 ]
 
@@ -65,6 +70,11 @@ def write_report(exp: Experiment, results_dir: str | Path, tolerance: float = 1.
     dest = Path(results_dir) / exp.name
     dest.mkdir(parents=True, exist_ok=True)
     paths = write_table(table1(exp), exp, dest) + write_table(table2(exp), exp, dest)
+    methods = {r.method for r in exp.used}
+    if methods & {"dylora_geometric", "dylora_frozen_geometric"}:  # the p_B ablation's runs
+        paths += write_table(table4(exp), exp, dest)
+    if "dylora_sum" in methods:  # the summed-loss comparison's runs
+        paths += write_table(table7(exp), exp, dest)
     for table in nlg_tables(exp):
         paths += write_table(table, exp, dest) + plot_nlg_curves(table, dest)
     return paths + plot_rank_curves(exp, dest) + write_summary(exp, dest, tolerance) + write_finding(exp, dest)

@@ -14,6 +14,7 @@ from dylora.lab import paper
 from dylora.lab.report.experiments import (
     LOWER_IS_BETTER,
     Experiment,
+    method_label,
     method_order,
     metric_scale,
     task_order,
@@ -88,7 +89,7 @@ def plot_rank_curves(exp: Experiment, dest: Path) -> list[Path]:
 
 
 def _plot_method(ax: Any, c: pd.DataFrame, method: str, task: str, color: str) -> None:
-    label = paper.METHODS.get(method, method)
+    label = method_label(method)
     ax.plot(c["rank"], c["mean"], marker="o", color=color, label=f"{label} (n={int(c['count'].max())})")
     if (c["count"] > 1).any():
         std = c["std"].fillna(0)

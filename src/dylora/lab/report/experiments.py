@@ -18,6 +18,11 @@ from dylora.records import DONE, RunRecord, iter_runs
 GLUE = ("mnli", "sst2", "mrpc", "cola", "qnli", "qqp", "rte", "stsb")  # the paper's column order
 NLG = ("e2e", "dart", "webnlg")
 METHOD_ORDER = ("lora", "dylora", "dylora_frozen", "dylora_geometric", "dylora_frozen_geometric", "dylora_sum")
+# How the tables name a method: the paper's labels, and ours for the ablations' variants.
+METHOD_LABELS = {"lora": "LoRA", "dylora": "DyLoRA", "dylora_frozen": "DyLoRA (Frozen)",
+                 "dylora_geometric": "DyLoRA, geometric p_B",
+                 "dylora_frozen_geometric": "DyLoRA (Frozen), geometric p_B",
+                 "dylora_sum": "DyLoRA, summed loss"}
 SOURCES = ("ours", "paper", "delta")
 SOURCE_LABELS = {"ours": "ours", "paper": "paper", "delta": "Δ"}
 AVG = "avg"
@@ -142,3 +147,7 @@ def task_order(tasks: Iterable[str]) -> list[str]:
 
 def method_order(methods: Iterable[str]) -> list[str]:
     return sorted(set(methods), key=lambda m: (METHOD_ORDER.index(m) if m in METHOD_ORDER else 99, m))
+
+
+def method_label(method: str) -> str:
+    return METHOD_LABELS.get(method, method)

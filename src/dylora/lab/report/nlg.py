@@ -15,6 +15,7 @@ from dylora.lab.report.experiments import (
     SOURCES,
     Experiment,
     Issue,
+    method_label,
     method_order,
     metric_scale,
 )
@@ -167,7 +168,7 @@ def plot_nlg_curves(table: Table, dest: Path) -> list[Path]:
         for i, method in enumerate(method_order(of_col["method"].unique())):
             mine = of_col[of_col["method"] == method]
             ours, theirs = mine[mine["source"] == "ours"], mine[mine["source"] == "paper"]
-            label = paper.METHODS.get(method, method)
+            label = method_label(method)
             ax.plot(ours["key"], ours["mean"], marker="o", color=f"C{i}", label=label)
             if not theirs.empty:
                 ax.scatter(theirs["key"], theirs["mean"], marker="x", color=f"C{i}", label=f"{label} (paper)")

@@ -7,7 +7,7 @@ from collections import Counter
 from typing import Any, Iterator
 
 from dylora.lab import paper
-from dylora.lab.report.experiments import NLG, Experiment, config_value, method_order, task_order
+from dylora.lab.report.experiments import NLG, Experiment, config_value, method_label, method_order, task_order
 from dylora.records import RunRecord
 
 # The paper's setup (Table 8 of the EACL paper), to name every departure from it.
@@ -60,7 +60,7 @@ def settings_notes(exp: Experiment) -> list[str]:
 
 
 def _method_settings(method: str, runs: list[RunRecord]) -> str:
-    text = (f"{paper.METHODS.get(method, method)}: "
+    text = (f"{method_label(method)}: "
             f"r {setting_values(runs, 'method.r_min')}..{setting_values(runs, 'method.r_max')}, "
             f"alpha {setting_values(runs, 'method.alpha')}, scaling {setting_values(runs, 'method.scaling')}")
     if method == "lora":  # p_B, update rule and masking do not apply to plain LoRA
@@ -68,8 +68,10 @@ def _method_settings(method: str, runs: list[RunRecord]) -> str:
     p_b = setting_values(runs, "method.distribution")
     if "geometric" in p_b:
         p_b += f" (p {setting_values(runs, 'method.geometric_p')})"
+    # the summed loss only where it was used: records from before method.loss existed read unchanged
+    loss = ", loss summed over ranks" if any(config_value(r.config, "method.loss") == "sum" for r in runs) else ""
     return (text + f", p_B {p_b}, update rule {setting_values(runs, 'method.update_rule')}, "
-            f"masking {setting_values(runs, 'method.masking')}.")
+            f"masking {setting_values(runs, 'method.masking')}{loss}.")
 
 
 def _setup_for(task: str) -> dict[str, Any]:

@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 
 from dylora.lab import paper
-from dylora.lab.report.experiments import AVG, SOURCE_LABELS, Experiment, Issue
+from dylora.lab.report.experiments import AVG, SOURCE_LABELS, Experiment, Issue, method_label
 from dylora.lab.report.tables import Table
 
 
@@ -26,7 +26,7 @@ def _grid(table: Table) -> tuple[list[str], list[list[tuple[str, bool]]]]:
     rows = []
     for (method, row, _key, source), g in table.cells.groupby(["method", "row", "key", "source"], sort=False):
         by_task = g.set_index(table.column_field)
-        cells = [(paper.METHODS.get(method, method), False), (str(row), False), (SOURCE_LABELS[source], False)]
+        cells = [(method_label(method), False), (str(row), False), (SOURCE_LABELS[source], False)]
         for t in columns:
             if t in by_task.index:
                 c = by_task.loc[t]

@@ -46,12 +46,16 @@ ROW_KEY = ["method", "row", "key", "paper_rank"]
 
 @dataclass(frozen=True)
 class TableSpec:
-    name: str  # "table1" | "table2": also which table metric the task definitions give
+    name: str  # file stem
     paper_sources: dict[str, tuple[str, str]]  # task -> (paper_version, table)
     rows: RowFn
     mark_best: bool
     # The workshop table records one metric per task ("task_default"), so it is looked up by task alone.
     paper_by_metric: bool
+    metrics: str = "table2"  # which table's metric the task definitions give: "table1" | "table2"
+    # our method -> (the paper's method, text of its notes) where the paper tells variants apart in notes
+    paper_methods: dict[str, tuple[str, str]] = field(default_factory=dict)
+    printed_avg_over: tuple[str, ...] = GLUE  # the tasks the paper's printed Avg covers
 
 
 def seed_stats(per_seed: pd.Series) -> tuple[float, float]:
@@ -90,7 +94,8 @@ def _paper_cells(ours: pd.DataFrame, spec: TableSpec, metric_of: dict[str, str])
         for task in (t for t in ours["task"].unique() if t in spec.paper_sources):
             version, table = spec.paper_sources[task]
             metric = metric_of[task] if spec.paper_by_metric else None
-            entry = paper.paper_entry(table, row.method, task, metric, row.paper_rank, version)
+            method, variant = spec.paper_methods.get(row.method, (row.method, None))
+            entry = paper.paper_entry(table, method, task, metric, row.paper_rank, version, variant)
             if entry is not None:
                 std = math.nan if entry.std is None else entry.std
                 cells.append(dict(row._asdict(), source="paper", task=task, mean=entry.value, std=std,
@@ -107,14 +112,15 @@ def _delta_cells(ours: pd.DataFrame, theirs: pd.DataFrame) -> list[dict[str, Any
     return delta.to_dict("records")
 
 
-def _avg_cells(cells: pd.DataFrame, tasks: list[str], printed: Callable[[str, str], float | None]):
+def _avg_cells(cells: pd.DataFrame, tasks: list[str], printed: Callable[[str, str], float | None],
+               printed_over: tuple[str, ...]):
     """Avg over the table's tasks (blank when one is missing); the paper's printed Avg when the
-    table shows exactly the 8 GLUE tasks it was printed for; and Δ of the two."""
+    table shows exactly the tasks it was printed for; and Δ of the two."""
     out = []
     for (*key, source), g in cells[cells["source"] != "delta"].groupby(ROW_KEY + ["source"], sort=False):
         means = g.set_index("task")["mean"].reindex(tasks)
         value = float(means.mean()) if means.notna().all() else math.nan
-        as_printed = printed(key[0], key[3]) if source == "paper" and set(tasks) == set(GLUE) else None
+        as_printed = printed(key[0], key[3]) if source == "paper" and set(tasks) == set(printed_over) else None
         value = value if as_printed is None else as_printed
         out.append(dict(zip(ROW_KEY, key), source=source, task=AVG, mean=value, std=math.nan, n_seeds=math.nan))
     avg = pd.DataFrame(out)
@@ -135,7 +141,7 @@ def _mark_best(cells: pd.DataFrame, metric_of: dict[str, str]) -> pd.DataFrame:
 
 def build_table(exp: Experiment, spec: TableSpec, title: str) -> Table:
     """Ours, paper and Δ cells for every row and task, plus Avg; notes are left to the caller."""
-    sc, issues = scores(exp, spec.name)
+    sc, issues = scores(exp, spec.metrics)
     tasks = task_order(sc["task"].unique())
     metric_of = dict(zip(sc["task"], sc["metric"]))
     ours = pd.DataFrame(_ours_cells(exp, sc, spec.rows))
@@ -143,14 +149,18 @@ def build_table(exp: Experiment, spec: TableSpec, title: str) -> Table:
         return Table(spec.name, title, pd.DataFrame(columns=CSV_COLUMNS + ["key", "paper_rank"]), [], issues=issues)
     theirs = pd.DataFrame(_paper_cells(ours, spec, metric_of))
     cells = pd.concat([ours, theirs, pd.DataFrame(_delta_cells(ours, theirs))], ignore_index=True)
-    cells = pd.concat([cells, _avg_cells(cells, tasks, _printed_avg(spec))], ignore_index=True)
+    cells = pd.concat([cells, _avg_cells(cells, tasks, _printed_avg(spec), spec.printed_avg_over)], ignore_index=True)
     cells = _mark_best(cells, metric_of) if spec.mark_best else cells.assign(best=False)
     return Table(spec.name, title, _sorted(cells), tasks, issues=issues)
 
 
 def _printed_avg(spec: TableSpec) -> Callable[[str, str], float | None]:
-    version, table = spec.paper_sources["mnli"]  # the GLUE table; used only when all GLUE tasks are shown
-    return lambda method, paper_rank: paper.paper_value(table, method, "Avg", None, paper_rank, version)
+    version, table = spec.paper_sources[spec.printed_avg_over[0]]  # used only when all those tasks are shown
+
+    def printed(method: str, paper_rank: str) -> float | None:
+        name, variant = spec.paper_methods.get(method, (method, None))
+        return paper.paper_value(table, name, "Avg", None, paper_rank, version, variant)
+    return printed
 
 
 def _sorted(cells: pd.DataFrame) -> pd.DataFrame:
@@ -165,7 +175,7 @@ def _sorted(cells: pd.DataFrame) -> pd.DataFrame:
 
 def table1(exp: Experiment) -> Table:
     title = f"Table 1 ({exp.name}): average over ranks r_min..r_max and rank r_max"
-    table = build_table(exp, TableSpec("table1", TABLE1_PAPER, _table1_rows, False, False), title)
+    table = build_table(exp, TableSpec("table1", TABLE1_PAPER, _table1_rows, False, False, "table1"), title)
     table.notes = [
         "Metrics (workshop Table 1): MNLI mean of matched and mismatched accuracy, CoLA Matthews "
         "correlation, STS-B Pearson, all other tasks (MRPC included) accuracy; percent.",
@@ -183,6 +193,92 @@ def table2(exp: Experiment) -> Table:
         f"paper = {paper.EACL} Table 2 (mean ± std over 5 seeds); Δ = ours − paper.",
     ] + common_notes(exp)
     return table
+
+
+# Table 4's rows: p_B x update rule, as our methods; the paper tells p_B apart in its notes only
+TABLE4_METHODS = {
+    "dylora": ("DyLoRA", "p_B=uniform"),
+    "dylora_frozen": ("DyLoRA (Frozen)", "p_B=uniform"),
+    "dylora_geometric": ("DyLoRA", "p_B=geometric"),
+    "dylora_frozen_geometric": ("DyLoRA (Frozen)", "p_B=geometric"),
+}
+TABLE4_TASKS = ("sst2", "mrpc", "cola", "qnli", "rte", "stsb")
+
+
+def _table4_rows(g: pd.DataFrame, r_min: int, r_max: int) -> Iterator[tuple[int, str, str, pd.Series]]:
+    for rank in sorted({r_min, r_max}):
+        at_rank = g[g["rank"] == rank]
+        if not at_rank.empty:
+            yield rank, f"rank {rank}", str(rank), at_rank.set_index("seed")["value"]
+
+
+def table4(exp: Experiment) -> Table:
+    """The p_B and update-rule ablation: each variant at ranks r_min and r_max (the paper: 1 and 8)."""
+    variants = Experiment(exp.name, exp.runs, [r for r in exp.used if r.method in TABLE4_METHODS], exp.issues)
+    spec = TableSpec("table4", {t: (paper.EACL, "Table 4") for t in TABLE4_TASKS}, _table4_rows, False, True,
+                     paper_methods=TABLE4_METHODS, printed_avg_over=TABLE4_TASKS)
+    table = build_table(variants, spec, f"Table 4 ({exp.name}): p_B and the update rule at ranks 1 and r_max")
+    table.notes = [
+        "Rows: p_B uniform (DyLoRA, DyLoRA (Frozen)) or geometric with p = 0.15, x rows 1..b learn "
+        "(DyLoRA) or row b only (Frozen); each evaluated at rank 1 and at r_max. Metrics as EACL Table 2; "
+        "percent.",
+        f"paper = {paper.EACL} Table 4 (mean ± std over 5 seeds); its Avg is over its six tasks (SST-2, "
+        "MRPC, CoLA, QNLI, RTE, STS-B), printed here only when all six are shown; Δ = ours − paper.",
+    ] + common_notes(variants)
+    return table
+
+
+# Table 7's rows: our methods -> the paper's labels for them
+TABLE7_METHODS = {
+    "dylora": "DyLoRA (individual loss L_DY_b, Eq. 9)",
+    "dylora_sum": "DyLoRA (nested-dropout summation loss sum_b p_B(b) L_DY_b)",
+}
+
+
+def table7(exp: Experiment) -> Table:
+    """One sampled rank per step vs the summed loss: the average over ranks and the measured training time."""
+    runs = Experiment(exp.name, exp.runs, [r for r in exp.used if r.method in TABLE7_METHODS], exp.issues)
+    sc, issues = scores(runs, "table2")
+    cells = []
+    for (task, method), g in sc.groupby(["task", "method"], sort=False):
+        r_min, r_max = runs.rank_range(str(task), str(method))
+        seconds = {r.seed: float(r.env["train_seconds"]) for r in runs.used
+                   if (r.task, r.method) == (task, method) and "train_seconds" in r.env}
+        rows = [(f"avg {r_min}..{r_max}", f"avg_{r_min}_{r_max}",
+                 g[g["rank"].between(r_min, r_max)].groupby("seed")["value"].mean()),
+                ("training s", f"rmax_{r_max}", pd.Series(seconds, dtype=float))]
+        for key, (label, paper_rank, per_seed) in enumerate(rows):
+            base = dict(method=method, row=label, key=key, paper_rank=paper_rank, task=task, best=False)
+            mean, std = seed_stats(per_seed) if len(per_seed) else (math.nan, math.nan)
+            cells.append(dict(base, source="ours", mean=mean, std=std, n_seeds=len(per_seed)))
+            entry = paper.paper_entry("Table 7", TABLE7_METHODS[method], str(task), None, paper_rank, paper.EACL)
+            if entry is not None:
+                cells.append(dict(base, source="paper", mean=entry.value, std=math.nan, n_seeds=math.nan))
+                if key == 0:  # seconds on 7 V100s and on this machine are not comparable
+                    cells.append(dict(base, source="delta", mean=mean - entry.value, std=math.nan, n_seeds=math.nan))
+    frame = pd.DataFrame(cells, columns=CSV_COLUMNS + ["key", "paper_rank"])
+    table = Table("table7", f"Table 7 ({exp.name}): one sampled rank per step vs the summed loss",
+                  _sorted(frame) if cells else frame, task_order(sc["task"].unique()), issues=issues, avg=False)
+    table.notes = [
+        "Rows: the average of the EACL Table 2 metric over ranks r_min..r_max (percent), and the measured "
+        "training time in seconds (train_seconds in env.json; the rank sweep excluded).",
+        *_time_ratio(frame),
+        f"paper = {paper.EACL} Table 7 (CoLA, 7 GPUs, fewer epochs than its main runs, one number each); "
+        "Δ only for the metric: the paper's seconds are another machine's.",
+    ] + common_notes(runs)
+    return table
+
+
+def _time_ratio(cells: pd.DataFrame) -> list[str]:
+    def seconds(method: str, source: str) -> float:
+        hit = cells[(cells["method"] == method) & (cells["row"] == "training s") & (cells["source"] == source)]
+        return float(hit["mean"].iloc[0]) if len(hit) == 1 else math.nan
+
+    ours, theirs = (seconds("dylora_sum", s) / seconds("dylora", s) for s in ("ours", "paper"))
+    if not math.isfinite(ours):
+        return []
+    paper_part = f"; paper {theirs:.2f}x" if math.isfinite(theirs) else ""
+    return [f"Training time, summed / sampled loss: ours {ours:.2f}x{paper_part}."]
 
 
 def common_notes(exp: Experiment) -> list[str]:
