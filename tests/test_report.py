@@ -363,6 +363,12 @@ def test_table4_shows_each_variant_at_rank_1_and_r_max_beside_the_papers_row_for
     assert cell(csv, "dylora_geometric", "rank 1", "delta", "avg")["mean"] == pytest.approx(ours_avg - 83.42)
     md = (tmp_path / "results" / EXPERIMENT / "table4.md").read_text()
     assert "DyLoRA (Frozen), geometric p_B" in md and "Table 4" in md
+    finding = (tmp_path / "results" / EXPERIMENT / "finding.md").read_text()
+    ours = statistics.mean(table2_value(t, "dylora", s, 8) - table2_value(t, "dylora_frozen", s, 8)
+                           for t in six for s in (0, 1))
+    assert (f"Table 4, rank 8: DyLoRA (rows 1..b) scores above DyLoRA (Frozen) on the average, uniform p_B "
+            f"(paper {84.47 - 83.31:+.2f} over its tasks shown): ours {ours:+.2f}: not resolved") in finding
+    assert abs(ours) < 1.0
 
 
 def test_table7_sets_the_summed_loss_beside_the_sampled_one_by_metric_and_training_time(tmp_path):
@@ -389,6 +395,12 @@ def test_table7_sets_the_summed_loss_beside_the_sampled_one_by_metric_and_traini
     assert f"ours {4200 / 620:.2f}x; paper {1175.69 / 645.82:.2f}x" in md
     assert "DyLoRA, summed loss: r 1..8, alpha 16, scaling rank, p_B uniform, update rule all, masking gradient, " \
            "loss summed over ranks." in md
+    gain = statistics.mean(table2_value("cola", "dylora_sum", s, r) - table2_value("cola", "dylora", s, r)
+                           for r in range(1, R_MAX + 1) for s in (0, 1))
+    finding = (folder / "finding.md").read_text()
+    assert gain >= 1.0  # above one seed's resolution: a verdict
+    assert (f"Table 7, CoLA: the summed loss scores higher on the average over ranks (paper +1.48 at 1.82x the "
+            f"training time): ours {gain:+.2f} at {4200 / 620:.2f}x: shown.") in finding
 
 
 def test_incomplete_superseded_corrupted_and_unreadable_runs_are_reported(tmp_path):

@@ -118,3 +118,64 @@ def test_the_lora_search_can_be_limited_to_the_papers_power_of_two_ranks():
     assert search_cost.parser().parse_intermixed_args(["--ranks", "1,2,4"]).ranks == [1, 2, 4]
     with pytest.raises(SystemExit):
         search_cost.parser().parse_intermixed_args(["--ranks", "1,two"])
+
+
+# ---------------------------------------------------------------------------- the paper's tables
+
+
+def _paper_search_costs(tmp_path, dylora_mrpc: float) -> list[SearchCost]:
+    """MRPC and CoLA searches at r_max 32 over the paper's power-of-two ranks; every run a record."""
+    from dylora.records import write_config
+
+    ranks = (1, 2, 4, 8, 16, 32)
+    values = {"mrpc": dict(zip(ranks, (0.80, 0.82, 0.85, 0.84, 0.86, 0.87))),
+              "cola": dict(zip(ranks, (0.40, 0.52, 0.50, 0.49, 0.47, 0.45)))}
+    costs = []
+    for task, metric in (("mrpc", "accuracy"), ("cola", "matthews_correlation")):
+        def run_dir(name):
+            path = tmp_path / task / name
+            write_config(path, {"model": {"name": "minilm"}, "preset": "cpu", "seed": 42,
+                                "trainer": {"precision": "bf16"}})
+            return str(path)
+        lora = [RunCost("lora", r, 100.0 + r, 5.0, r, values[task][r], run_dir(f"lora{r}")) for r in ranks]
+        best = dylora_mrpc if task == "mrpc" else 0.51
+        costs.append(SearchCost(task, "validation", metric, 32, lora, RunCost("dylora", 32, 110.0, 60.0, 5, best,
+                                                                               run_dir("dylora"))))
+    return costs
+
+
+def test_eacl_table1_marks_each_tasks_best_rank_beside_the_papers_row(tmp_path):
+    from dylora.lab.search_tables import write_paper_tables
+
+    paths = write_paper_tables(_paper_search_costs(tmp_path, 0.865), tmp_path / "out")
+    assert {p.name for p in paths} == {f"{stem}.{ext}" for stem in ("table1_eacl", "table5")
+                                       for ext in ("md", "csv", "tex")} | {"finding.md"}
+    rows = list(csv.DictReader((tmp_path / "out" / "table1_eacl.csv").open()))
+    ours = {(r["task"], int(r["rank"])): (float(r["value"]), r["best"] == "True")
+            for r in rows if r["source"] == "ours"}
+    assert ours[("mrpc", 4)] == (pytest.approx(85.0), False) and ours[("mrpc", 32)] == (pytest.approx(87.0), True)
+    assert ours[("cola", 2)] == (pytest.approx(52.0), True)  # CoLA's best is a low rank: it differs by task
+    theirs = {(r["task"], int(r["rank"])): float(r["value"]) for r in rows if r["source"] == "paper"}
+    assert theirs[("mrpc", 32)] == 89.22 and theirs[("cola", 8)] == 63.81  # EACL Table 1 as printed
+    finding = (tmp_path / "out" / "finding.md").read_text()
+    assert "the best LoRA rank differs by task (paper: MRPC 32, CoLA 8): ours MRPC 32, CoLA 2: shown." in finding
+
+
+def test_table5_sets_the_measured_cost_ratio_beside_the_papers_count_of_trainings(tmp_path):
+    from dylora.lab.search_tables import write_paper_tables
+
+    write_paper_tables(_paper_search_costs(tmp_path, 0.865), tmp_path / "near")
+    rows = list(csv.DictReader((tmp_path / "near" / "table5.csv").open()))
+    lora = next(r for r in rows if (r["task"], r["search"], r["source"]) == ("mrpc", "LoRA (Search)", "ours"))
+    trained = sum(100.0 + r for r in (1, 2, 4, 8, 16, 32))
+    assert float(lora["relative_cost"]) == pytest.approx(trained / 110.0)  # LoRA's training seconds over DyLoRA's
+    assert (int(lora["trainings"]), int(lora["best_rank"]), float(lora["value"])) == (6, 32, pytest.approx(87.0))
+    paper_rows = {r["search"]: r for r in rows if r["task"] == "mrpc" and r["source"] == "paper"}
+    assert (float(paper_rows["LoRA (Search)"]["value"]), paper_rows["LoRA (Search)"]["best_rank"]) == (88.73, "16")
+    assert (float(paper_rows["DyLoRA (Frozen)"]["value"]), float(paper_rows["DyLoRA (Frozen)"]["relative_cost"])) \
+        == (89.71, 1.0)
+    finding = (tmp_path / "near" / "finding.md").read_text()
+    assert "MRPC r_max 32, DyLoRA's chosen rank scores within 1 point" in finding
+    assert f"gap +0.50, ratio {trained / 110.0:.2f}x: shown." in finding
+    write_paper_tables(_paper_search_costs(tmp_path, 0.80), tmp_path / "far")  # DyLoRA 7 points short
+    assert "gap +7.00" in (far := (tmp_path / "far" / "finding.md").read_text()) and "not shown (DyLoRA trails" in far

@@ -11,6 +11,10 @@ its own rank; DyLoRA: best over its one rank sweep).
                                      [--split NAME] [--metric NAME] [--ranks 1,2,4,8]
 
 ``--ranks`` limits the LoRA search to those ranks (the paper's Table 5: powers of two up to r_max).
+Sweeps (``task=mrpc,cola method.r_max=32,64``) run one search per combination, each written as
+``search_cost_<task>_r<r_max>.*``; a rank trained for two searches is one run, reused. ``--paper-tables``
+also writes the paper's EACL Table 1 and Table 5 shapes (``dylora.lab.search_tables``), ranking by
+EACL Table 1's metric (MRPC accuracy).
 """
 
 from __future__ import annotations
@@ -83,12 +87,13 @@ class SearchCost:
         }
 
 
-def default_metric(task: str) -> tuple[str, str]:
-    """(split, metric) the paper's rank tables (EACL Table 2) report for ``task``, as its task
-    definition says; accuracy on validation for a task without one (the synthetic task)."""
+def default_metric(task: str, table: str = "table2") -> tuple[str, str]:
+    """(split, metric) the paper's ``table`` ("table2": EACL Table 2; "table1": Table 1's per-task metric,
+    which EACL Table 1 shares) reports for ``task``, as its task definition says; accuracy on validation
+    for a task without one (the synthetic task)."""
     from dylora.tasks.registry import table_metric
 
-    defined = table_metric(task, "table2")
+    defined = table_metric(task, table)
     return (defined.splits[0], defined.metric) if defined else ("validation", "accuracy")
 
 
@@ -192,14 +197,14 @@ def markdown(cost: SearchCost) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_tables(cost: SearchCost, out_dir: str | Path) -> list[Path]:
-    """search_cost.{md,csv,json} in ``out_dir``."""
+def write_tables(cost: SearchCost, out_dir: str | Path, stem: str = "search_cost") -> list[Path]:
+    """<stem>.{md,csv,json} in ``out_dir``."""
     out_dir = Path(out_dir)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(_rows(cost))
-    paths = [out_dir / "search_cost.md", out_dir / "search_cost.csv", out_dir / "search_cost.json"]
+    paths = [out_dir / f"{stem}.{ext}" for ext in ("md", "csv", "json")]
     records.atomic_write_text(paths[0], markdown(cost))
     records.atomic_write_text(paths[1], buffer.getvalue())
     records.atomic_write_json(paths[2], {"summary": cost.summary(), "runs": _rows(cost)})
@@ -210,12 +215,27 @@ def write_tables(cost: SearchCost, out_dir: str | Path) -> list[Path]:
 
 
 def run(overrides: list[str], results_dir: str | Path = RESULTS_DIR, split: str | None = None,
-        metric: str | None = None, ranks: Sequence[int] | None = None) -> tuple[SearchCost, list[Path]]:
-    """Compose, run both searches, write the tables: what the command line does."""
-    dylora, lora = search_specs(compose_config(overrides), ranks)
-    default_split, default_name = default_metric(dylora.task.name)
-    cost = measure(dylora, lora, split or default_split, metric or default_name)
-    return cost, write_tables(cost, results_dir)
+        metric: str | None = None, ranks: Sequence[int] | None = None,
+        paper_tables: bool = False) -> tuple[list[SearchCost], list[Path]]:
+    """Compose, run both searches of every combination of the sweeps, write the tables: what the command
+    line does."""
+    from dylora.lab.reproduce import expand
+
+    costs = []
+    for job in expand(overrides):
+        dylora, lora = search_specs(compose_config(job), ranks)
+        default_split, default_name = default_metric(dylora.task.name, "table1" if paper_tables else "table2")
+        costs.append(measure(dylora, lora, split or default_split, metric or default_name))
+    Path(results_dir).mkdir(parents=True, exist_ok=True)
+    if len(costs) == 1:
+        paths = write_tables(costs[0], results_dir)
+    else:
+        paths = [p for c in costs for p in write_tables(c, results_dir, f"search_cost_{c.task}_r{c.r_max}")]
+    if paper_tables:
+        from dylora.lab.search_tables import write_paper_tables
+
+        paths += write_paper_tables(costs, results_dir)
+    return costs, paths
 
 
 def parser() -> argparse.ArgumentParser:
@@ -229,6 +249,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", metavar="NAME", help="metric each search ranks by (default: the task's)")
     p.add_argument("--ranks", type=_ranks, metavar="R,R,..",
                    help="the ranks LoRA is trained at, ending at r_max (default: every rank 1..r_max)")
+    p.add_argument("--paper-tables", action="store_true",
+                   help="also write EACL Table 1 and Table 5 (table1_eacl.*, table5.*, finding.md)")
     return p
 
 
@@ -242,7 +264,7 @@ def _ranks(text: str) -> list[int]:
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_intermixed_args(argv)
     try:
-        cost, paths = run(args.overrides, args.results, args.split, args.metric, args.ranks)
+        costs, paths = run(args.overrides, args.results, args.split, args.metric, args.ranks, args.paper_tables)
     except DyLoRAError as e:
         print(f"search_cost: error: {e}", file=sys.stderr)
         sys.exit(1)
@@ -251,7 +273,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"search_cost: error: {e}", file=sys.stderr)
             sys.exit(1)
         raise
-    print(markdown(cost))
+    for cost in costs:
+        print(markdown(cost))
     print("wrote " + ", ".join(str(p) for p in paths))
 
 

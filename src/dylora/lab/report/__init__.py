@@ -55,7 +55,7 @@ from dylora.lab.report.finding import paper_finding, write_finding
 from dylora.lab.report.nlg import nlg_tables, plot_nlg_curves
 from dylora.lab.report.render import write_table
 from dylora.lab.report.scoring import scores
-from dylora.lab.report.tables import table1, table2, table4, table7
+from dylora.lab.report.tables import table1, table2, table4, table4_findings, table7, table7_findings
 
 __all__ = [
     "CSV_COLUMNS", "Experiment", "Issue", "build_report", "load_experiments", "min_rank_within", "normalised_auc",
@@ -70,14 +70,17 @@ def write_report(exp: Experiment, results_dir: str | Path, tolerance: float = 1.
     dest = Path(results_dir) / exp.name
     dest.mkdir(parents=True, exist_ok=True)
     paths = write_table(table1(exp), exp, dest) + write_table(table2(exp), exp, dest)
-    methods = {r.method for r in exp.used}
+    methods, ablations = {r.method for r in exp.used}, []
     if methods & {"dylora_geometric", "dylora_frozen_geometric"}:  # the p_B ablation's runs
-        paths += write_table(table4(exp), exp, dest)
+        paths += write_table(table := table4(exp), exp, dest)
+        ablations += table4_findings(table)
     if "dylora_sum" in methods:  # the summed-loss comparison's runs
-        paths += write_table(table7(exp), exp, dest)
+        paths += write_table(table := table7(exp), exp, dest)
+        ablations += table7_findings(table)
     for table in nlg_tables(exp):
         paths += write_table(table, exp, dest) + plot_nlg_curves(table, dest)
-    return paths + plot_rank_curves(exp, dest) + write_summary(exp, dest, tolerance) + write_finding(exp, dest)
+    return (paths + plot_rank_curves(exp, dest) + write_summary(exp, dest, tolerance)
+            + write_finding(exp, dest, ablations=ablations))
 
 
 def build_report(out_dir: str | Path, results_dir: str | Path, experiment: str | None = None,

@@ -77,7 +77,9 @@ def _finding_cell(column: str, value: Any) -> str:
     return str(value)
 
 
-def write_finding(exp: Experiment, dest: Path, margin: float = 3.0, gap: float = 2.0) -> list[Path]:
+def write_finding(exp: Experiment, dest: Path, margin: float = 3.0, gap: float = 2.0,
+                  ablations: list[str] | None = None) -> list[Path]:
+    """finding.{csv,md}: the paper's Table 1 finding per task; then one line per ablation table's claim."""
     finding = paper_finding(exp, margin, gap)
     paths = [dest / "finding.csv", dest / "finding.md"]
     finding.to_csv(paths[0], index=False)
@@ -102,5 +104,7 @@ def write_finding(exp: Experiment, dest: Path, margin: float = 3.0, gap: float =
         "- per_seed: the same verdict on each seed's curves alone, naming the checks it fails "
         "(drop, avg, r_max).\n"
     )
+    if ablations:
+        md += "\n## The ablations' claims\n\n" + "".join(f"- {line}\n" for line in ablations)
     paths[1].write_text(md)
     return paths

@@ -1,0 +1,194 @@
+"""The paper's rank-search tables from measured searches (``dylora.lab.search_cost``), the paper beside ours.
+
+* ``table1_eacl.{md,csv,tex}``: EACL Table 1, LoRA trained separately at each rank; the best rank per
+  task in bold (the paper's point: it differs by task).
+* ``table5.{md,csv,tex}``: EACL Table 5, the LoRA search (separate trainings) against one DyLoRA run
+  at the same r_max: the rank each picks, its metric, and the relative training cost, ours measured
+  (LoRA's summed training seconds over DyLoRA's), the paper's a count of trainings.
+* ``finding.md``: one line per table, the paper's claim and whether ours shows it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+from typing import Sequence
+
+from dylora import records
+from dylora.lab import paper
+from dylora.lab.report.experiments import metric_scale
+from dylora.lab.report.render import latex_table, markdown_table
+
+# An effect smaller than this (points of the metric) is not resolved by one seed.
+RESOLUTION = 1.0
+# Table 5's claim: a DyLoRA run costs about one LoRA training, so the LoRA search costs about its
+# number of trainings; "shown" when the measured ratio is at least this share of that count.
+COST_SHARE = 0.9
+Cell = tuple[str, bool]
+
+
+def _fmt(value: float | None) -> str:
+    return "–" if value is None or not math.isfinite(value) else f"{value:.2f}"
+
+
+def _percent(cost, value: float) -> float:
+    return value * metric_scale(cost.task, cost.metric)
+
+
+def _write(out_dir: Path, stem: str, title: str, header: list[str], rows: list[list[Cell]], notes: list[str],
+           csv_rows: list[dict]) -> list[Path]:
+    md = f"# {title}\n\n{markdown_table(header, rows)}\n" + "".join(f"- {n}\n" for n in notes)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(csv_rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(csv_rows)
+    paths = [out_dir / f"{stem}.{ext}" for ext in ("md", "csv", "tex")]
+    for path, text in zip(paths, (md, buffer.getvalue(), latex_table(header, rows, title, notes))):
+        records.atomic_write_text(path, text)
+    return paths
+
+
+# ---------------------------------------------------------------------------- EACL Table 1
+
+
+def lora_by_rank(costs: Sequence) -> dict[str, dict[int, float]]:
+    """Per task, LoRA's metric (percent) at each rank it was trained at; a rank trained for two searches
+    (r_max 32 and 64) is one run, read once."""
+    out: dict[str, dict[int, float]] = {}
+    for cost in costs:
+        for run in cost.lora:
+            out.setdefault(cost.task, {})[run.r_max] = _percent(cost, run.best_value)
+    return out
+
+
+def table1_eacl(costs: Sequence, out_dir: Path) -> tuple[list[Path], str]:
+    ours = lora_by_rank(costs)
+    metric = {c.task: c.metric for c in costs}
+    ranks = sorted({r for by_rank in ours.values() for r in by_rank})
+    header = ["Task", "Metric", "Source", *(f"r={r}" for r in ranks), "best rank"]
+    rows, csv_rows, best = [], [], {}
+    for task, by_rank in ours.items():
+        theirs = {r: paper.paper_value("Table 1", "lora", task, None, r, paper.EACL) for r in ranks}
+        for source, values in (("ours", by_rank), ("paper", theirs)):
+            known = {r: v for r, v in values.items() if v is not None}
+            top = max(known, key=lambda r: (known[r], -r)) if known else None  # ties: the smaller rank
+            best[(task, source)] = top
+            rows.append([(paper.TASKS.get(task, task), False), (metric[task], False), (source, False),
+                         *((_fmt(values.get(r)), r == top) for r in ranks), (str(top or "–"), False)])
+            csv_rows += [dict(task=task, metric=metric[task], source=source, rank=r, value=values.get(r),
+                              best=r == top) for r in ranks]
+    tasks = list(ours)
+
+    def best_ranks(source: str) -> str:
+        return ", ".join(f"{paper.TASKS.get(t, t)} {best[(t, source)]}" for t in tasks)
+
+    differs = len({best[(t, "ours")] for t in tasks}) > 1
+    finding = (f"EACL Table 1, the best LoRA rank differs by task (paper: {best_ranks('paper')}): ours "
+               f"{best_ranks('ours')}: {'shown' if differs else 'not shown'}"
+               + ("" if len(tasks) > 1 else " (one task: nothing to compare)") + ".")
+    notes = [
+        "LoRA trained separately at each rank r (r_max = r, alpha and every other setting fixed) and evaluated "
+        "at r; percent. Bold: the best rank per row (the smaller rank on ties).",
+        f"paper = {paper.EACL} Table 1 (RoBERTa-base, one number each; MRPC accuracy as there).",
+        "Finding: " + finding,
+        *_setting_notes(costs),
+    ]
+    title = "EACL Table 1: LoRA trained separately at each rank"
+    return _write(out_dir, "table1_eacl", title, header, rows, notes, csv_rows), finding
+
+
+# ---------------------------------------------------------------------------- Table 5
+
+
+def _paper_search(task: str, r_max: int) -> dict[str, tuple[float, str] | None]:
+    """The paper's (value, rank) per search and its cost in trainings, at ``r_max``."""
+    df = paper.paper_results()
+    rows = df[(df["paper_version"] == paper.EACL) & (df["table"] == "Table 5")
+              & df["notes"].str.contains(f"r_max={r_max};", regex=False)]
+    out: dict[str, tuple[float, str] | None] = {}
+    for label in ("LoRA (Search)", "DyLoRA (Frozen)"):
+        hit = rows[(rows["method"] == label) & (rows["task"] == paper.TASKS.get(task, task))]
+        out[label] = (float(hit["value"].iloc[0]), str(hit["rank"].iloc[0])) if len(hit) == 1 else None
+        cost = rows[(rows["method"] == label) & (rows["task"] == "all")]
+        out[label + " cost"] = (float(cost["value"].iloc[0]), "") if len(cost) == 1 else None
+    return out
+
+
+def table5(costs: Sequence, out_dir: Path) -> tuple[list[Path], list[str]]:
+    header = ["Task", "Search", "Source", "r_max", "trainings", "best rank", "metric", "train s", "relative cost"]
+    rows, csv_rows, findings = [], [], []
+    for cost in costs:
+        s = cost.summary()
+        theirs = _paper_search(cost.task, cost.r_max)
+        task = paper.TASKS.get(cost.task, cost.task)
+        lora_value, dy_value = _percent(cost, s["lora_best_value"]), _percent(cost, s["dylora_best_value"])
+        ours = [("LoRA (Search)", s["lora_trainings"], s["lora_best_rank"], lora_value, s["lora_train_seconds"],
+                 s["train_speedup"]),
+                ("DyLoRA", 1, s["dylora_best_rank"], dy_value, s["dylora_train_seconds"], 1.0)]
+        for label, trainings, rank, value, seconds, relative in ours:
+            rows.append([(task, False), (label, False), ("ours", False), (str(cost.r_max), False),
+                         (str(trainings), False), (str(rank), False), (_fmt(value), False), (_fmt(seconds), False),
+                         (f"{relative:.2f}x", False)])
+            csv_rows.append(dict(task=cost.task, search=label, source="ours", r_max=cost.r_max, trainings=trainings,
+                                 best_rank=rank, value=value, train_seconds=seconds, relative_cost=relative))
+        for label in ("LoRA (Search)", "DyLoRA (Frozen)"):
+            found, spent = theirs[label], theirs[label + " cost"]
+            if found is None:
+                continue
+            rows.append([(task, False), (label, False), ("paper", False), (str(cost.r_max), False),
+                         (f"{spent[0]:.0f}" if spent else "–", False), (found[1], False), (_fmt(found[0]), False),
+                         ("–", False), (f"{spent[0]:.0f}x" if spent else "–", False)])
+            csv_rows.append(dict(task=cost.task, search=label, source="paper", r_max=cost.r_max,
+                                 trainings=spent[0] if spent else None, best_rank=found[1], value=found[0],
+                                 train_seconds=None, relative_cost=spent[0] if spent else None))
+        findings.append(_table5_finding(cost, lora_value, dy_value, s))
+    notes = [
+        "LoRA (Search): the best of separate LoRA trainings at the ranks shown in trainings; DyLoRA: one run "
+        "(the paper's: DyLoRA (Frozen)) evaluated at every rank 1..r_max, its best rank picked. metric: percent.",
+        "relative cost, ours: LoRA's summed training seconds over DyLoRA's, measured on this machine (train_seconds "
+        "in each env.json; the rank sweeps excluded); the paper's is a count of trainings.",
+        f"paper = {paper.EACL} Table 5 (RoBERTa-base; its MRPC metric is not labelled: Table 1's is accuracy).",
+        *(f"Finding: {f}" for f in findings),
+        *_setting_notes(costs),
+    ]
+    title = "EACL Table 5: the LoRA rank search against one DyLoRA run"
+    return _write(out_dir, "table5", title, header, rows, notes, csv_rows), findings
+
+
+def _table5_finding(cost, lora_value: float, dy_value: float, s: dict) -> str:
+    gap, ratio, count = lora_value - dy_value, s["train_speedup"], s["lora_trainings"]
+    cheap = ratio >= COST_SHARE * count
+    claim = (f"{paper.TASKS.get(cost.task, cost.task)} r_max {cost.r_max}, DyLoRA's chosen rank scores within "
+             f"{RESOLUTION:g} point of the LoRA search's best at a cost ratio of at least {COST_SHARE} x the "
+             f"{count} LoRA trainings: gap {gap:+.2f}, ratio {ratio:.2f}x")
+    if not cheap:
+        return claim + ": not shown (the search cost less than its count of trainings says)."
+    if gap <= RESOLUTION:
+        return claim + ": shown."
+    return claim + f": not shown (DyLoRA trails by {gap:.2f} points, more than one seed resolves: {RESOLUTION:g})."
+
+
+def _setting_notes(costs: Sequence) -> list[str]:
+    runs = {run.run_dir for c in costs for run in [*c.lora, c.dylora]}
+    configs = [records.read_config(Path(d)) for d in sorted(runs)]
+    models = sorted({str(c["model"]["name"]) for c in configs})
+    presets = sorted({str(c.get("preset")) for c in configs})
+    precisions = sorted({str(c["trainer"].get("precision", "fp32")) for c in configs})
+    seeds = sorted({int(c["seed"]) for c in configs})
+    return [f"Settings: model {', '.join(models)} (paper: roberta-base); preset {', '.join(presets)}; precision "
+            f"{', '.join(precisions)}; seed {', '.join(map(str, seeds))} (one seed: effects under {RESOLUTION:g} "
+            "point are not resolved)."]
+
+
+def write_paper_tables(costs: Sequence, out_dir: str | Path) -> list[Path]:
+    """table1_eacl.*, table5.* and finding.md in ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths1, finding1 = table1_eacl(costs, out_dir)
+    paths5, findings5 = table5(costs, out_dir)
+    finding = out_dir / "finding.md"
+    records.atomic_write_text(finding, "# The paper's rank-search claims on our runs\n\n"
+                              + "".join(f"- {line}\n" for line in [finding1, *findings5]))
+    return paths1 + paths5 + [finding]
