@@ -10,7 +10,7 @@ REPORT  := $(PY) -m dylora.cli.report
 
 .PHONY: setup java models lint test test-fast demo clean reproduce-table1 reproduce-table1-cpu \
   reproduce-table1-mpnet-cpu reproduce-table4 reproduce-table4-cpu reproduce-table7 reproduce-table7-cpu \
-  search-cost bench
+  reproduce-search reproduce-search-cpu reproduce-paper reproduce-paper-cpu search-cost bench
 
 setup: $(STAMP) java
 
@@ -109,10 +109,55 @@ SWEEP_ARGS = experiment=$(EXPERIMENT) task=$(subst $(_empty) ,$(_comma),$(strip 
   method=$(subst $(_empty) ,$(_comma),$(strip $(METHODS))) seed=$(subst $(_empty) ,$(_comma),$(strip $(SEEDS))) out_dir=$(OUT_DIR) \
   $(if $(GLUE_DIR),data.glue_dir=$(GLUE_DIR)) $(if $(MODEL_PATH),model.path=$(MODEL_PATH)) $(OVERRIDES)
 
+# PLAN_TO=FILE (reproduce-paper's first pass): append the sweep's arguments to FILE, run nothing
 reproduce-table1 reproduce-table4 reproduce-table7 $(CPU_SWEEPS): $(STAMP)
+ifdef PLAN_TO
+	echo '$(SWEEP_ARGS)' >> $(PLAN_TO)
+else
 	$(PY) -m dylora.lab.reproduce $(SWEEP_ARGS)
 	$(RUN) -m $(SWEEP_ARGS) $(LAUNCH)
 	$(REPORT) experiment=$(EXPERIMENT) out_dir=$(OUT_DIR) results_dir=$(RESULTS_DIR)
+endif
+
+## reproduce-search[-cpu]: EACL Tables 1 and 5, LoRA trained separately at ranks 1, 2, 4, .., r_max
+## against one DyLoRA (Frozen) run, measured (dylora.lab.search_cost --paper-tables): the paper's
+## setting (QQP SST-2 MRPC CoLA, r_max 32 and 64; GPUs), or MiniLM on MRPC and CoLA at r_max 32
+## (-cpu: the tasks side by side, one thread each; about an hour). Tables in RESULTS_DIR/EXPERIMENT.
+reproduce-search: TASKS ?= qqp sst2 mrpc cola
+reproduce-search: R_MAX ?= 32 64
+reproduce-search: EXPERIMENT = search_eacl
+reproduce-search-cpu: TASKS ?= mrpc cola
+reproduce-search-cpu: R_MAX ?= 32
+reproduce-search-cpu: EXPERIMENT = search_eacl_cpu
+reproduce-search-cpu: GLUE_DIR ?= ../shared/data/glue
+reproduce-search-cpu: export OMP_NUM_THREADS ?= 1
+SEARCH := $(PY) -m dylora.lab.search_cost
+SEARCH_ARGS = experiment=$(EXPERIMENT) out_dir=$(OUT_DIR) --ranks pow2 \
+  $(if $(GLUE_DIR),data.glue_dir=$(GLUE_DIR)) $(if $(MODEL_PATH),model.path=$(MODEL_PATH)) $(OVERRIDES)
+SEARCH_GRID = task=$(subst $(_empty) ,$(_comma),$(strip $(TASKS))) \
+  method.r_max=$(subst $(_empty) ,$(_comma),$(strip $(R_MAX)))
+
+reproduce-search reproduce-search-cpu: $(STAMP)
+ifdef PLAN_TO
+	echo 'search $(SEARCH_ARGS) $(SEARCH_GRID)' >> $(PLAN_TO)
+else
+	$(PY) -m dylora.lab.reproduce search $(SEARCH_ARGS) $(SEARCH_GRID)
+	$(if $(filter reproduce-search-cpu,$@),mkdir -p $(OUT_DIR); pids=; for t in $(TASKS); do \
+	  $(SEARCH) $(SEARCH_ARGS) task=$$t method.r_max=$(subst $(_empty) ,$(_comma),$(strip $(R_MAX))) \
+	    --results $(OUT_DIR)/.search-tables/$$t > $(OUT_DIR)/.search-$$t.log 2>&1 & pids="$$pids $$!"; done; \
+	  for p in $$pids; do wait $$p || { echo "a search failed: see $(OUT_DIR)/.search-*.log"; exit 1; }; done)
+	$(SEARCH) $(SEARCH_ARGS) $(SEARCH_GRID) --paper-tables --results $(RESULTS_DIR)/$(EXPERIMENT)
+endif
+
+## reproduce-paper[-cpu]: every EACL table the paper's GLUE experiments have beyond Table 2 (Tables
+## 1 and 5, 4, 7; Table 2 and the workshop Table 1 are reproduce-table1[-cpu]): one plan and cost
+## estimate first, then each target in turn. -cpu: about 1.6 h by the estimate.
+PAPER_TARGETS = $(foreach t,search table4 table7,$(subst reproduce-paper,reproduce-$(t),$@))
+reproduce-paper reproduce-paper-cpu: $(STAMP)
+	mkdir -p $(OUT_DIR) && rm -f $(OUT_DIR)/.paper-plan
+	$(MAKE) -s --no-print-directory $(PAPER_TARGETS) PLAN_TO=$(OUT_DIR)/.paper-plan
+	$(PY) -m dylora.lab.reproduce $$(sed '2,$$s/^/:: /' $(OUT_DIR)/.paper-plan)
+	$(MAKE) --no-print-directory $(PAPER_TARGETS)
 
 ## LoRA trained separately at every rank 1..8 vs one DyLoRA run, measured wall-clock (synthetic
 ## task, a few CPU minutes; one thread: a tiny model only waits on more): results/search_cost/

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from dylora.cli.compose import compose_spec
-from dylora.errors import DataError
+from dylora.errors import DataError, DyLoRAError
 from dylora.lab import reproduce
 from dylora.lab.reproduce import PlannedRun
 from glue_fixtures import make_examples, write_glue_dir
@@ -149,6 +149,26 @@ def test_make_reproduce_table1_cpu_runs_plans_and_reports(tmp_path):
     assert "Departure from the paper: trainer.group_by_length true: batches of similar length" in md
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_reproduce_paper_cpu_plans_everything_once_then_writes_every_table(tmp_path):
+    glue = write_glue_dir(tmp_path / "glue", tasks=("rte",), n_train=16, n_dev=8)
+    out, res = tmp_path / "exp", tmp_path / "res"
+    tiny = "trainer.max_steps=2 trainer.batch_size=4 trainer.eval_batch_size=8 model.max_length=32"
+    result = _make("reproduce-paper-cpu", f"GLUE_DIR={glue}", "TASKS=rte", "R_MAX=4", f"OUT_DIR={out}",
+                   f"RESULTS_DIR={res}", f"OVERRIDES={tiny}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    total = result.stdout.index("total: 3 sweeps, 10 runs")  # LoRA at 1, 2, 4 + DyLoRA (Frozen); 4; 2
+    plans = [i for i in range(len(result.stdout)) if result.stdout.startswith("plan: experiment search_eacl", i)]
+    assert len(plans) == 2 and plans[0] < total < plans[1]  # the whole plan first, then each target's own
+    for name in ("table1_eacl", "table5"):
+        assert (res / "search_eacl_cpu" / f"{name}.csv").is_file()
+    assert (res / "table4_cpu" / "table4.md").is_file() and (res / "table7_cpu" / "table7.md").is_file()
+    assert "Table 7, RTE: the summed loss" in (res / "table7_cpu" / "finding.md").read_text()
+    search = pd.read_csv(res / "search_eacl_cpu" / "table5.csv")
+    assert search.query("source == 'ours' and search == 'LoRA (Search)'")["trainings"].tolist() == [3]
+
+
 def test_make_stops_before_training_when_files_are_missing(tmp_path):
     result = _make("reproduce-table1-cpu", f"GLUE_DIR={tmp_path}/none", "TASKS=rte", f"OUT_DIR={tmp_path}/exp",
                    cwd=tmp_path)
@@ -173,6 +193,18 @@ def test_a_summed_loss_run_is_planned_at_one_pass_per_rank(small_glue, tmp_path)
     [summed] = reproduce.plan([*args, "method=dylora_sum"])[1]
     assert summed.train_sequences == 8 * sampled.train_sequences  # ranks 1..8, each a forward and backward
     assert summed.eval_sequences == sampled.eval_sequences
+
+
+def test_a_search_sweep_plans_each_run_of_the_searches_once(small_glue, tmp_path):
+    args = ["search", "--ranks", "pow2", "experiment=search_eacl_cpu", "task=rte,cola", "method.r_max=4,8",
+            f"data.glue_dir={small_glue}", f"out_dir={tmp_path}"]
+    configs, runs = reproduce.plan(args)
+    lora = sorted((r.task, c["method"]["r_max"]) for r, c in zip(runs, configs) if r.method == "lora")
+    assert lora == [(t, r) for t in ("cola", "rte") for r in (1, 2, 4, 8)]  # r_max 4 and 8 share ranks 1, 2, 4
+    assert sorted((r.task, c["method"]["r_max"]) for r, c in zip(runs, configs) if r.method == "dylora_frozen") == [
+        (t, r) for t in ("cola", "rte") for r in (4, 8)]
+    with pytest.raises(DyLoRAError, match="--ranks 'two' is not a comma-separated list"):
+        reproduce.plan(["search", "--ranks=two", *args[3:]])
 
 
 def test_several_sweeps_print_one_plan_each_and_their_total(small_glue, tmp_path, capsys):

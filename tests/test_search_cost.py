@@ -116,6 +116,9 @@ def test_the_lora_search_can_be_limited_to_the_papers_power_of_two_ranks():
         with pytest.raises(ConfigError, match=r"LoRA's ranks must lie in 1..r_max=4 and include it"):
             search_cost.search_specs(config, bad)
     assert search_cost.parser().parse_intermixed_args(["--ranks", "1,2,4"]).ranks == [1, 2, 4]
+    assert [s.adapter.r_max for s in search_cost.search_specs(config, search_cost.POW2)[1]] == [1, 2, 4]
+    with pytest.raises(ConfigError, match="--ranks pow2 needs r_max to be a power of two; method.r_max=3"):
+        search_cost.search_specs(compose_config(SEARCH), "pow2")
     with pytest.raises(SystemExit):
         search_cost.parser().parse_intermixed_args(["--ranks", "1,two"])
 

@@ -211,11 +211,35 @@ def describe(configs: list[dict[str, Any]], runs: list[PlannedRun]) -> str:
     return "\n".join(lines)
 
 
+SEARCH = "search"  # a sweep that starts with it is a rank search: python -m dylora.lab.search_cost
+
+
 def plan(overrides: list[str]) -> tuple[list[dict[str, Any]], list[PlannedRun]]:
-    """Compose, check the inputs, and plan every job of ``dylora-run -m overrides``."""
-    configs = compose_all(expand(overrides))
+    """Compose, check the inputs, and plan every job of ``dylora-run -m overrides``, or, for
+    ``search [--ranks R,..|pow2] overrides``, every run of ``dylora.lab.search_cost``'s searches."""
+    if overrides[:1] == [SEARCH]:
+        from dylora.lab.search_cost import search_configs
+
+        args, ranks = _ranks_option(overrides[1:])
+        configs = search_configs(args, ranks)
+    else:
+        configs = compose_all(expand(overrides))
     check_inputs(configs)
     return configs, [plan_run(c) for c in configs]
+
+
+def _ranks_option(args: list[str]) -> tuple[list[str], list[int] | str | None]:
+    """``args`` without ``--ranks X`` / ``--ranks=X``, and X as search_cost reads it."""
+    from dylora.lab.search_cost import parse_ranks
+
+    rest, ranks = [], None
+    it = iter(args)
+    for arg in it:
+        if arg == "--ranks" or arg.startswith("--ranks="):
+            ranks = parse_ranks(arg.split("=", 1)[1] if "=" in arg else next(it, ""))
+        else:
+            rest.append(arg)
+    return rest, ranks
 
 
 SWEEP_SEPARATOR = "::"  # between the sweeps of one plan (make reproduce-paper: one per table)

@@ -10,7 +10,7 @@ its own rank; DyLoRA: best over its one rank sweep).
     python -m dylora.lab.search_cost experiment=search_cost_cpu [hydra overrides] [--results DIR]
                                      [--split NAME] [--metric NAME] [--ranks 1,2,4,8]
 
-``--ranks`` limits the LoRA search to those ranks (the paper's Table 5: powers of two up to r_max).
+``--ranks`` limits the LoRA search to those ranks; ``--ranks pow2``: 1, 2, 4, .., r_max (the paper's Table 5).
 Sweeps (``task=mrpc,cola method.r_max=32,64``) run one search per combination, each written as
 ``search_cost_<task>_r<r_max>.*``; a rank trained for two searches is one run, reused. ``--paper-tables``
 also writes the paper's EACL Table 1 and Table 5 shapes (``dylora.lab.search_tables``), ranking by
@@ -103,11 +103,18 @@ def lora_config(config: dict, rank: int) -> dict:
     return {**config, "method": method}
 
 
-def search_specs(config: dict, ranks: Sequence[int] | None = None) -> tuple[RunSpec, list[RunSpec]]:
-    """(the DyLoRA run, the LoRA runs at ``ranks``: default every rank 1..r_max) for a resolved DyLoRA run
-    config."""
+POW2 = "pow2"  # --ranks pow2: 1, 2, 4, ..., r_max (the paper's Table 5 search)
+
+
+def search_specs(config: dict, ranks: Sequence[int] | str | None = None) -> tuple[RunSpec, list[RunSpec]]:
+    """(the DyLoRA run, the LoRA runs at ``ranks``: default every rank 1..r_max; ``"pow2"`` the powers of
+    two up to r_max) for a resolved DyLoRA run config."""
     dylora = RunSpec.from_dict(config)
     r_max = dylora.adapter.r_max
+    if ranks == POW2:
+        if r_max & (r_max - 1):
+            raise ConfigError(f"--ranks pow2 needs r_max to be a power of two; method.r_max={r_max}")
+        ranks = [2**i for i in range(r_max.bit_length())]
     if dylora.adapter.method != "dylora":
         raise ConfigError(f"the search-cost experiment starts from a DyLoRA config; got method.method="
                           f"{dylora.adapter.method!r}: use method=dylora or method=dylora_frozen")
@@ -118,6 +125,19 @@ def search_specs(config: dict, ranks: Sequence[int] | None = None) -> tuple[RunS
         raise ConfigError(f"--ranks {','.join(map(str, ranks))}: LoRA's ranks must lie in 1..r_max={r_max} and "
                           f"include it (e.g. --ranks 1,2,4,{r_max}), so both searches reach the same rank")
     return dylora, [RunSpec.from_dict(lora_config(config, r)) for r in ranks]
+
+
+def search_configs(overrides: list[str], ranks: Sequence[int] | str | None = None) -> list[dict]:
+    """The resolved configuration of every run the searches of ``overrides`` (sweeps allowed) train, each
+    once: what ``make reproduce-paper`` plans and estimates."""
+    from dylora.lab.reproduce import expand
+
+    configs: dict[Path, dict] = {}
+    for job in expand(overrides):
+        dylora, lora = search_specs(compose_config(job), ranks)
+        for spec in (*lora, dylora):
+            configs.setdefault(records.run_dir_for(spec.out_dir, spec.config), spec.config)
+    return list(configs.values())
 
 
 def run_cost(run_dir: Path, method: str, r_max: int, split: str, metric: str) -> RunCost:
@@ -215,7 +235,7 @@ def write_tables(cost: SearchCost, out_dir: str | Path, stem: str = "search_cost
 
 
 def run(overrides: list[str], results_dir: str | Path = RESULTS_DIR, split: str | None = None,
-        metric: str | None = None, ranks: Sequence[int] | None = None,
+        metric: str | None = None, ranks: Sequence[int] | str | None = None,
         paper_tables: bool = False) -> tuple[list[SearchCost], list[Path]]:
     """Compose, run both searches of every combination of the sweeps, write the tables: what the command
     line does."""
@@ -247,18 +267,30 @@ def parser() -> argparse.ArgumentParser:
                    help="where search_cost.{md,csv,json} go (default: %(default)s)")
     p.add_argument("--split", metavar="NAME", help="split of the metric each search ranks by (default: the task's)")
     p.add_argument("--metric", metavar="NAME", help="metric each search ranks by (default: the task's)")
-    p.add_argument("--ranks", type=_ranks, metavar="R,R,..",
-                   help="the ranks LoRA is trained at, ending at r_max (default: every rank 1..r_max)")
+    p.add_argument("--ranks", type=_ranks, metavar="R,R,..|pow2",
+                   help="the ranks LoRA is trained at, ending at r_max, or pow2: 1, 2, 4, .., r_max "
+                        "(default: every rank 1..r_max)")
     p.add_argument("--paper-tables", action="store_true",
                    help="also write EACL Table 1 and Table 5 (table1_eacl.*, table5.*, finding.md)")
     return p
 
 
-def _ranks(text: str) -> list[int]:
+def parse_ranks(text: str) -> list[int] | str:
+    """``--ranks``'s value: a comma-separated list of ranks, or ``pow2``."""
+    if text == POW2:
+        return POW2
     try:
         return [int(r) for r in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of whole ranks, e.g. 1,2,4,8")
+        raise ConfigError(f"--ranks {text!r} is not a comma-separated list of whole ranks (e.g. 1,2,4,8) "
+                          f"or {POW2}") from None
+
+
+def _ranks(text: str) -> list[int] | str:
+    try:
+        return parse_ranks(text)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def main(argv: list[str] | None = None) -> None:
