@@ -2,9 +2,10 @@
 
 Each optimisation step draws its rank b once (DyLoRA: ``rank_schedule``; LoRA: r_max) and uses
 it for all of that step's micro-batches; with ``method.loss=sum`` a step instead backpropagates
-the sum over every rank b of p_B(b) L_b (``summed_ranks``). The data order of epoch e is a permutation seeded by
-(seed, e), so a run resumed from a checkpoint replays exactly the batches it had not yet seen;
-with the RNG state restored too, a resumed run ends bit-identical to an uninterrupted one.
+the sum over every rank b of p_B(b) L_b (``summed_ranks``). The data order of epoch e is a
+permutation seeded by (seed, e), so a run resumed from a checkpoint replays exactly the batches
+it had not yet seen; with the RNG state restored too, a resumed run ends bit-identical to an
+uninterrupted one.
 Under torch.distributed each process takes its slice of every global batch. Forward and loss
 run under ``trainer.precision``'s autocast; the step losses stay on the device and are read every
 ``READ_EVERY`` steps (and before each checkpoint), so no micro-batch waits for the host.
