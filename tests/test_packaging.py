@@ -101,3 +101,11 @@ def test_every_module_imports_on_its_own(tmp_path):
     done = run_cli(["-c", IMPORT_EACH], cwd=tmp_path, command=[sys.executable])
     assert done.returncode == 0, done.stderr[-3000:]
     assert int(done.stdout) > 40
+
+
+@pytest.mark.skipif(not (REPO / ".git").exists() or shutil.which("git") is None, reason="needs a git checkout")
+def test_no_committed_file_is_over_a_megabyte():
+    # large models' run records are committed without their adapter weights (results/README.md)
+    listed = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
+    sizes = {name: (REPO / name).stat().st_size for name in listed.decode().split("\0") if (REPO / name).is_file()}
+    assert sizes and not {name: size for name, size in sizes.items() if size > 1 << 20}

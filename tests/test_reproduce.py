@@ -1,4 +1,4 @@
-"""make reproduce-table1[-cpu]: the plan and cost printed first, the input check, the make path end to end."""
+"""make reproduce-*: the plan and cost printed first, the input check, the make path end to end."""
 
 from __future__ import annotations
 
@@ -18,8 +18,6 @@ from dylora.lab import reproduce
 from dylora.lab.reproduce import PlannedRun
 from glue_fixtures import make_examples, write_glue_dir
 from helpers import REPO
-
-RESULTS = REPO / "results" / "table1_cpu"
 
 
 @pytest.fixture(scope="module")
@@ -177,14 +175,19 @@ def test_make_stops_before_training_when_files_are_missing(tmp_path):
     assert not (tmp_path / "exp").exists()  # nothing ran
 
 
-@pytest.mark.skipif(not (RESULTS / "records").is_dir(), reason="no committed table1_cpu run records")
-def test_committed_tables_regenerate_from_the_committed_records(tmp_path):
+@pytest.mark.parametrize("experiment", ["table1_cpu", "table1_mpnet_cpu"])
+def test_committed_tables_regenerate_from_the_committed_records(tmp_path, experiment):
     from dylora.lab.report import build_report
 
-    build_report(RESULTS / "records", tmp_path, "table1_cpu")
+    committed = REPO / "results" / experiment
+    if not (committed / "records").is_dir():
+        pytest.skip(f"no committed {experiment} run records")
+    build_report(committed / "records", tmp_path, experiment)
     for name in ("table1.csv", "table2.csv", "summary.csv", "finding.csv"):
-        expected = pd.read_csv(RESULTS / name)
-        pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "table1_cpu" / name), expected)
+        expected = pd.read_csv(committed / name)
+        pd.testing.assert_frame_equal(pd.read_csv(tmp_path / experiment / name), expected)
+    for name in ("table1.md", "table2.md", "summary.md", "finding.md"):
+        assert (tmp_path / experiment / name).read_text() == (committed / name).read_text()
 
 
 def test_a_summed_loss_run_is_planned_at_one_pass_per_rank(small_glue, tmp_path):
