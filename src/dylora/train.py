@@ -154,7 +154,7 @@ def train(
     while result.steps < total:
         step = result.steps
         terms = summed or [(schedule(step), 1.0)]
-        rank = max(b for b, _ in terms)  # the rank the step's update covers
+        rank = max(b for b, _ in terms)  # recorded as the step's rank: the summed loss's is r_max
         for group in optimizer.param_groups:
             group["lr"] = trainer.lr * lr_factor(step, total, warmup)
         micro_batches = step_indices(len(dataset), step, per_epoch, trainer, seed, lengths)
@@ -163,11 +163,10 @@ def train(
             set_rank(model, b)
             loss += weight * _accumulate(forward, dataset, data.collate, micro_batches, dist, device, precision,
                                          scaler, data.loss, weight, sync=i == len(terms) - 1)
-        set_rank(model, rank)  # hold_untrained_rows keeps the rows above it
         if trainer.max_grad_norm is not None:
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], trainer.max_grad_norm)
-        with hold_untrained_rows(model):
+        with hold_untrained_rows(model, [b for b, _ in terms]):
             scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)

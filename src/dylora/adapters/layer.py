@@ -83,13 +83,14 @@ class DyLoRALayer(nn.Module):
             bb = torch.cat([bb[:, :, : b - 1].detach(), bb[:, :, b - 1 :]], dim=2)
         return a, bb
 
-    def trained_rows(self) -> torch.Tensor:
-        """Boolean mask over 0..r_max-1 of the rows that learn at the current rank."""
+    def trained_rows(self, rank: int | None = None) -> torch.Tensor:
+        """Boolean mask over 0..r_max-1 of the rows that learn at ``rank`` (default: the current rank)."""
+        rank = self.rank if rank is None else rank
         mask = torch.zeros(self.config.r_max, dtype=torch.bool, device=self.lora_A.device)
         if self.config.method == "dylora" and self.config.update_rule == "frozen":
-            mask[self.rank - 1] = True
+            mask[rank - 1] = True
         else:
-            mask[: self.rank] = True
+            mask[:rank] = True
         return mask
 
     # ------------------------------------------------------------------ forward

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -153,10 +153,11 @@ def trainable_parameters(model: nn.Module) -> dict[str, int]:
 
 
 @contextmanager
-def hold_untrained_rows(model: nn.Module) -> Iterator[None]:
-    """Around ``optimizer.step()``: with masking="update", rows that must not learn at the current
-    rank are restored afterwards, so momentum and weight decay cannot move them (the paper's Eq. 10).
-    With masking="gradient" (the official code's behaviour) it does nothing."""
+def hold_untrained_rows(model: nn.Module, ranks: Sequence[int] | None = None) -> Iterator[None]:
+    """Around ``optimizer.step()``: with masking="update", rows that learn at none of ``ranks`` (default:
+    the current rank; the summed loss trains at every rank of its sum) are restored afterwards, so
+    momentum and weight decay cannot move them (the paper's Eq. 10). With masking="gradient" (the
+    official code's behaviour) it does nothing."""
     config = adapter_config(model)
     if config.method != "dylora" or config.masking != "update":
         yield
@@ -166,6 +167,7 @@ def hold_untrained_rows(model: nn.Module) -> Iterator[None]:
     yield
     with torch.no_grad():
         for layer, (a, b) in zip(layers, saved):
-            keep = ~layer.trained_rows()
+            trained = [layer.trained_rows(r) for r in ranks] if ranks else [layer.trained_rows()]
+            keep = ~torch.stack(trained).any(dim=0)
             layer.lora_A[:, keep] = a[:, keep]
             layer.lora_B[:, :, keep] = b[:, :, keep]

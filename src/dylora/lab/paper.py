@@ -186,7 +186,7 @@ def paper_entry(
     if len(hit) > 1:
         raise ConfigError(
             f"{paper_version}/{table} has {len(hit)} numbers for {method}/{task}/{metric}/rank {rank} "
-            "(variants told apart only in notes, e.g. Table 4's p_B); filter paper_results() by notes"
+            "(variants told apart only in notes, e.g. Table 4's p_B): pass variant= with text of the notes"
         )
     if hit.empty:
         return None

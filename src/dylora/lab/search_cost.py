@@ -99,7 +99,8 @@ def default_metric(task: str, table: str = "table2") -> tuple[str, str]:
 
 def lora_config(config: dict, rank: int) -> dict:
     """``config`` (a resolved run config) as plain LoRA trained and evaluated at ``rank``."""
-    method = {**config["method"], "name": "lora", "method": "lora", "r_max": rank, "r_min": 1, "eval_ranks": [rank]}
+    method = {**config["method"], "name": "lora", "method": "lora", "r_max": rank, "r_min": 1, "eval_ranks": [rank],
+              "loss": "sampled"}  # LoRA has no summed loss, whatever the DyLoRA run's
     return {**config, "method": method}
 
 

@@ -20,9 +20,8 @@ from dylora import records
 from dylora.lab import paper
 from dylora.lab.report.experiments import metric_scale
 from dylora.lab.report.render import latex_table, markdown_table
+from dylora.lab.report.tables import RESOLUTION
 
-# An effect smaller than this (points of the metric) is not resolved by one seed.
-RESOLUTION = 1.0
 # Table 5's claim: a DyLoRA run costs about one LoRA training, so the LoRA search costs about its
 # number of trainings; "shown" when the measured ratio is at least this share of that count.
 COST_SHARE = 0.9

@@ -13,16 +13,15 @@ from typing import Any, Iterable
 import pandas as pd
 
 from dylora.errors import ConfigError
+from dylora.lab import paper
 from dylora.records import DONE, RunRecord, iter_runs
 
 GLUE = ("mnli", "sst2", "mrpc", "cola", "qnli", "qqp", "rte", "stsb")  # the paper's column order
 NLG = ("e2e", "dart", "webnlg")
 METHOD_ORDER = ("lora", "dylora", "dylora_frozen", "dylora_geometric", "dylora_frozen_geometric", "dylora_sum")
 # How the tables name a method: the paper's labels, and ours for the ablations' variants.
-METHOD_LABELS = {"lora": "LoRA", "dylora": "DyLoRA", "dylora_frozen": "DyLoRA (Frozen)",
-                 "dylora_geometric": "DyLoRA, geometric p_B",
-                 "dylora_frozen_geometric": "DyLoRA (Frozen), geometric p_B",
-                 "dylora_sum": "DyLoRA, summed loss"}
+METHOD_LABELS = {**paper.METHODS, "dylora_geometric": "DyLoRA, geometric p_B",
+                 "dylora_frozen_geometric": "DyLoRA (Frozen), geometric p_B", "dylora_sum": "DyLoRA, summed loss"}
 SOURCES = ("ours", "paper", "delta")
 SOURCE_LABELS = {"ours": "ours", "paper": "paper", "delta": "Δ"}
 AVG = "avg"

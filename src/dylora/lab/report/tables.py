@@ -269,44 +269,46 @@ def table7(exp: Experiment) -> Table:
     return table
 
 
-def _time_ratio(cells: pd.DataFrame) -> list[str]:
-    def seconds(method: str, source: str) -> float:
-        hit = cells[(cells["method"] == method) & (cells["row"] == "training s") & (cells["source"] == source)]
-        return float(hit["mean"].iloc[0]) if len(hit) == 1 else math.nan
+def _cell(cells: pd.DataFrame, method: str, row_start: str, source: str, task: str) -> float:
+    """The mean of one cell (its row named by how it starts); nan where the table has none."""
+    hit = cells[(cells["method"] == method) & cells["row"].astype(str).str.startswith(row_start)
+                & (cells["source"] == source) & (cells["task"] == task)]
+    return float(hit["mean"].iloc[0]) if len(hit) == 1 else math.nan
 
-    ours, theirs = (seconds("dylora_sum", s) / seconds("dylora", s) for s in ("ours", "paper"))
-    if not math.isfinite(ours):
-        return []
-    paper_part = f"; paper {theirs:.2f}x" if math.isfinite(theirs) else ""
-    return [f"Training time, summed / sampled loss: ours {ours:.2f}x{paper_part}."]
+
+def _time_ratio(cells: pd.DataFrame) -> list[str]:
+    lines = []
+    for task in dict.fromkeys(cells["task"]):
+        ours, theirs = (_cell(cells, "dylora_sum", "training", s, task) / _cell(cells, "dylora", "training", s, task)
+                        for s in ("ours", "paper"))
+        if math.isfinite(ours):
+            paper_part = f"; paper {theirs:.2f}x" if math.isfinite(theirs) else ""
+            lines.append(f"Training time, summed / sampled loss, {paper.TASKS.get(task, task)}: ours {ours:.2f}x"
+                         f"{paper_part}.")
+    return lines
 
 
 RESOLUTION = 1.0  # points: with one seed a smaller difference is not resolved either way
 
 
-def _verdict(difference: float, claim_holds_if_positive: bool = True) -> str:
+def verdict(difference: float) -> str:
+    """A one-seed verdict on a claim that ``difference`` (points) is positive."""
     if not math.isfinite(difference):
         return "not measured"
     if abs(difference) < RESOLUTION:
         return f"not resolved (under {RESOLUTION:g} point)"
-    return "shown" if (difference > 0) == claim_holds_if_positive else "not shown"
-
-
-def _avg_cell(table: Table, method: str, row: str, source: str = "ours") -> float:
-    hit = table.cells[(table.cells["method"] == method) & (table.cells["row"] == row)
-                      & (table.cells["source"] == source) & (table.cells["task"] == AVG)]
-    return float(hit["mean"].iloc[0]) if len(hit) == 1 else math.nan
+    return "shown" if difference > 0 else "not shown"
 
 
 def table4_findings(table: Table) -> list[str]:
     """The paper's Table 4 reading: training rows 1..b beats training row b only, at rank 1 and r_max."""
-    lines = []
-    for row in dict.fromkeys(table.cells["row"]):
-        ours = _avg_cell(table, "dylora", row) - _avg_cell(table, "dylora_frozen", row)
-        theirs = _avg_cell(table, "dylora", row, "paper") - _avg_cell(table, "dylora_frozen", row, "paper")
+    lines, cells = [], table.cells
+    for row in dict.fromkeys(cells["row"]):
+        ours, theirs = (_cell(cells, "dylora", row, s, AVG) - _cell(cells, "dylora_frozen", row, s, AVG)
+                        for s in ("ours", "paper"))
         paper_part = f"paper {theirs:+.2f} over its tasks shown" if math.isfinite(theirs) else "paper: not shown"
         lines.append(f"Table 4, {row}: DyLoRA (rows 1..b) scores above DyLoRA (Frozen) on the average, uniform "
-                     f"p_B ({paper_part}): ours {ours:+.2f}: {_verdict(ours)}.")
+                     f"p_B ({paper_part}): ours {ours:+.2f}: {verdict(ours)}.")
     return lines
 
 
@@ -314,19 +316,18 @@ def table7_findings(table: Table) -> list[str]:
     """The paper's Table 7 reading: the summed loss scores higher, at about 1.8x the training time."""
     cells, lines = table.cells, []
     for task in table.tasks:
-        def mean(method: str, row_start: str, source: str) -> float:
-            hit = cells[(cells["task"] == task) & (cells["method"] == method) & (cells["source"] == source)
-                        & cells["row"].str.startswith(row_start)]
-            return float(hit["mean"].iloc[0]) if len(hit) == 1 else math.nan
+        gain, ratio = ({s: _cell(cells, "dylora_sum", "avg", s, task) - _cell(cells, "dylora", "avg", s, task)
+                        for s in ("ours", "paper")},
+                       {s: _cell(cells, "dylora_sum", "training", s, task) / _cell(cells, "dylora", "training", s, task)
+                        for s in ("ours", "paper")})
 
-        gain, ratio = ({source: mean("dylora_sum", row, source) - mean("dylora", row, source) if row == "avg"
-                        else mean("dylora_sum", row, source) / mean("dylora", row, source)
-                        for source in ("ours", "paper")} for row in ("avg", "training"))
-        paper_part = (f"paper {gain['paper']:+.2f} at {ratio['paper']:.2f}x the training time"
-                      if math.isfinite(gain["paper"]) else "paper: not shown")
+        def times(source: str) -> str:
+            return f"{ratio[source]:.2f}x the training time" if math.isfinite(ratio[source]) else "time not measured"
+
+        paper_part = f"paper {gain['paper']:+.2f} at {times('paper')}" if math.isfinite(gain["paper"]) else \
+            "paper: not shown"
         lines.append(f"Table 7, {paper.TASKS.get(task, task)}: the summed loss scores higher on the average over "
-                     f"ranks ({paper_part}): ours {gain['ours']:+.2f} at {ratio['ours']:.2f}x: "
-                     f"{_verdict(gain['ours'])}.")
+                     f"ranks ({paper_part}): ours {gain['ours']:+.2f} at {times('ours')}: {verdict(gain['ours'])}.")
     return lines
 
 
