@@ -227,7 +227,7 @@ def test_a_bundled_model_not_installed_stops_the_plan_with_the_install_command(s
 
     from dylora import bundled
 
-    monkeypatch.setattr(bundled, "MPNET_BASE", replace(bundled.MPNET_BASE, packages=("no-such-part-001",)))
+    monkeypatch.setitem(bundled.SPLIT_ZIPS, "mpnet-base", replace(bundled.MPNET_BASE, packages=("no-such-part-001",)))
     args = ["experiment=table1_mpnet_cpu", "task=rte", "method=lora", f"data.glue_dir={small_glue}",
             f"out_dir={tmp_path}"]
     with pytest.raises(DyLoRAError, match=r"all-mpnet-base-v2 needs the package no-such-part-001: run make models"):

