@@ -120,9 +120,10 @@ else
 endif
 
 ## reproduce-search[-cpu]: EACL Tables 1 and 5, LoRA trained separately at ranks 1, 2, 4, .., r_max
-## against one DyLoRA (Frozen) run, measured (dylora.lab.search_cost --paper-tables): the paper's
+## against one DyLoRA (Frozen) run, measured (dylora.lab.search_cost): the paper's
 ## setting (QQP SST-2 MRPC CoLA, r_max 32 and 64; GPUs), or MiniLM on MRPC and CoLA at r_max 32
-## (-cpu: the tasks side by side, one thread each; about an hour). Tables in RESULTS_DIR/EXPERIMENT.
+## (-cpu: the tasks side by side, one thread each; about an hour). dylora-report writes the tables
+## from the run records into RESULTS_DIR/EXPERIMENT.
 reproduce-search: TASKS ?= qqp sst2 mrpc cola
 reproduce-search: R_MAX ?= 32 64
 reproduce-search: EXPERIMENT = search_eacl
@@ -147,8 +148,9 @@ else
 	  $(SEARCH) $(SEARCH_ARGS) task=$$t method.r_max=$(subst $(_empty) ,$(_comma),$(strip $(R_MAX))) \
 	    --results $(OUT_DIR)/.search-tables/$$t > $(OUT_DIR)/.search-$$t.log 2>&1 & pids="$$pids $$!"; done; \
 	  rc=0; for p in $$pids; do wait $$p || rc=1; done; \
-	  [ $$rc = 0 ] || { echo "a search failed: see $(OUT_DIR)/.search-*.log" >&2; exit 1; })
-	$(SEARCH) $(SEARCH_ARGS) $(SEARCH_GRID) --paper-tables --results $(RESULTS_DIR)/$(EXPERIMENT)
+	  [ $$rc = 0 ] || { echo "a search failed: see $(OUT_DIR)/.search-*.log" >&2; exit 1; }, \
+	  $(SEARCH) $(SEARCH_ARGS) $(SEARCH_GRID) --results $(OUT_DIR)/.search-tables)
+	$(REPORT) experiment=$(EXPERIMENT) out_dir=$(OUT_DIR) results_dir=$(RESULTS_DIR)
 endif
 
 ## reproduce-paper[-cpu]: every EACL table the paper's GLUE experiments have beyond Table 2 (Tables

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -182,3 +183,28 @@ def test_table5_sets_the_measured_cost_ratio_beside_the_papers_count_of_training
     assert f"gap +0.50, ratio {trained / 110.0:.2f}x: shown." in finding
     write_paper_tables(_paper_search_costs(tmp_path, 0.80), tmp_path / "far")  # DyLoRA 7 points short
     assert "gap +7.00" in (far := (tmp_path / "far" / "finding.md").read_text()) and "not shown (DyLoRA trails" in far
+
+
+@pytest.mark.slow
+def test_dylora_report_writes_a_search_experiments_tables_from_its_records(tmp_path):
+    from dylora.lab.report import build_report, select_experiments
+
+    out = tmp_path / "runs"
+    overrides = [*SEARCH, "method=dylora_frozen", "method.r_max=2,4", "experiment=search_cost_cpu", f"out_dir={out}"]
+    search_cost.run(overrides, tmp_path / "measured", ranks=search_cost.POW2, paper_tables=True)
+    exp = select_experiments(out)["search_cost_cpu"]
+    assert exp.is_search and not exp.issues  # LoRA at ranks 1, 2, 4 are three runs, none superseded
+    assert len(exp.used) == 5  # + DyLoRA (Frozen) at r_max 2 and 4
+    build_report(out, tmp_path / "reported")
+    measured, reported = tmp_path / "measured", tmp_path / "reported" / "search_cost_cpu"
+    written = sorted(p.name for p in reported.iterdir())
+    assert written == sorted(p.name for p in measured.iterdir())
+    assert "search_cost_synthetic_r2.csv" in written and "table5.md" in written
+    for name in written:
+        if name.startswith("search_cost_") and not name.endswith(".md"):  # they name the run folders
+            continue
+        assert (reported / name).read_bytes() == (measured / name).read_bytes(), name
+    rows = list(csv.DictReader((reported / "search_cost_synthetic_r4.csv").open()))
+    measured_rows = list(csv.DictReader((measured / "search_cost_synthetic_r4.csv").open()))
+    assert [r["run_dir"] for r in rows] == [str(Path(r["run_dir"]).relative_to(out)) for r in measured_rows]
+    assert [{**r, "run_dir": ""} for r in rows] == [{**r, "run_dir": ""} for r in measured_rows]

@@ -50,10 +50,10 @@ def _report(cfg: DictConfig) -> None:
                                          None if cfg.experiment is None else str(cfg.experiment))
         for name, exp in experiments.items():
             paths = write_report(exp, to_absolute_path(str(cfg.results_dir)), tolerance)
-            print(f"{name}: wrote {len(paths)} files to {paths[0].parent}")
+            print(f"{name}: wrote {len(paths)} files to {Path(to_absolute_path(str(cfg.results_dir))) / name}")
             for path in paths:
                 print(f"  {path.name}")
-            _print_finding(paths[0].parent / "finding.csv")
+            _print_finding(Path(to_absolute_path(str(cfg.results_dir))) / name / "finding.csv")
             corrupted += _print_issues(exp)
     except DyLoRAError as e:
         _fail(e)
@@ -73,6 +73,8 @@ def _print_issues(exp: Experiment) -> int:
 
 
 def _print_finding(path: Path) -> None:
+    if not path.is_file():  # a search experiment's finding is finding.md alone
+        return
     finding = pd.read_csv(path)
     if not finding.empty:
         held = ", ".join(finding.loc[finding["holds"], "task"]) or "none"

@@ -6,6 +6,9 @@
   at the same r_max: the rank each picks, its metric, and the relative training cost, ours measured
   (LoRA's summed training seconds over DyLoRA's), the paper's a count of trainings.
 * ``finding.md``: one line per table, the paper's claim and whether ours shows it.
+
+``dylora.lab.search_cost --paper-tables`` writes them as it measures; ``dylora-report`` writes them
+again from a search experiment's run records (``report_search``).
 """
 
 from __future__ import annotations
@@ -13,12 +16,13 @@ from __future__ import annotations
 import csv
 import io
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
 from dylora import records
 from dylora.lab import paper
-from dylora.lab.report.experiments import metric_scale
+from dylora.lab.report.experiments import Experiment, Issue, config_value, metric_scale, search_rank, task_order
 from dylora.lab.report.render import latex_table, markdown_table
 from dylora.lab.report.tables import RESOLUTION
 
@@ -191,3 +195,53 @@ def write_paper_tables(costs: Sequence, out_dir: str | Path) -> list[Path]:
     records.atomic_write_text(finding, "# The paper's rank-search claims on our runs\n\n"
                               + "".join(f"- {line}\n" for line in [finding1, *findings5]))
     return paths1 + paths5 + [finding]
+
+
+# ---------------------------------------------------------------------------- from run records
+
+
+def search_costs(exp: Experiment) -> list:
+    """Every search of a search experiment's records, as ``search_cost`` measured it: per DyLoRA run (task,
+    r_max), the LoRA runs of its task and seed at ranks up to r_max. One seed is reported (the smallest), as
+    the searches are run; the runs of any other seed are listed as unused."""
+    from dylora.lab.search_cost import SearchCost, default_metric, run_cost
+
+    seed = min(r.seed for r in exp.used)
+    exp.issues += [Issue(r.task, r.method, r.seed, "unused", f"{r.path.name}: the search tables take one seed "
+                         f"({seed}); report another seed from an out_dir of its own") for r in exp.used if r.seed != seed]
+    runs = [r for r in exp.used if r.seed == seed]
+    costs = []
+    for task in task_order(r.task for r in runs):
+        split, metric = default_metric(task, "table1")  # EACL Table 1's, as --paper-tables ranks
+        lora = sorted((r for r in runs if r.task == task and search_rank(r) is not None), key=search_rank)
+        for dylora in sorted((r for r in runs if r.task == task and search_rank(r) is None),
+                             key=lambda r: int(config_value(r.config, "method.r_max"))):
+            r_max = int(config_value(dylora.config, "method.r_max"))
+            searched = [run_cost(r.path, "lora", search_rank(r), split, metric) for r in lora
+                        if search_rank(r) <= r_max]
+            if searched and searched[-1].r_max == r_max:  # a search reaches DyLoRA's r_max, or it is no search
+                costs.append(SearchCost(task, split, metric, r_max, searched,
+                                        run_cost(dylora.path, "dylora", r_max, split, metric)))
+            else:
+                exp.issues.append(Issue(task, "lora", seed, "absent", f"no finished LoRA run at rank {r_max}: the "
+                                        f"search against {dylora.path.name} is left out"))
+    return costs
+
+
+def report_search(exp: Experiment, dest: Path) -> list[Path]:
+    """``search_cost_<task>_r<r_max>.*`` per search, EACL Tables 1 and 5 and ``finding.md`` in ``dest``, from
+    the records of a search experiment; run folders are named relative to the out_dir read."""
+    from dylora.lab.search_cost import write_tables
+
+    costs = search_costs(exp)
+    if not costs:
+        return []
+    paths = []
+    for cost in costs:
+        shown = replace(cost, lora=[_relative(r, exp.root) for r in cost.lora], dylora=_relative(cost.dylora, exp.root))
+        paths += write_tables(shown, dest, f"search_cost_{cost.task}_r{cost.r_max}")
+    return paths + write_paper_tables(costs, dest)
+
+
+def _relative(run, root: Path | None):
+    return replace(run, run_dir=Path(run.run_dir).relative_to(root).as_posix()) if root else run

@@ -20,6 +20,10 @@ For each experiment under ``out_dir`` this writes, into ``<results_dir>/<experim
   more when truncated to r_min, DyLoRA's average over ranks is at least LoRA's, the two agree at
   r_max), on Table 1's metric.
 
+A rank search's experiment (``dylora.lab.search_cost``: LoRA trained at each rank alone) gets its
+own tables instead: ``search_cost_<task>_r<r_max>.*``, EACL Tables 1 and 5 (``table1_eacl.*``,
+``table5.*``) and ``finding.md`` (``dylora.lab.search_tables``).
+
 Every table has, per method and row, an "ours" row and, where the paper prints the number, a
 "paper" row and a "Δ" (ours − paper) row. Values are percent (×100) for metrics that come in
 0..1. The CSVs are long ("tidy"): method, row, source, task, mean, std, n_seeds, best.
@@ -69,6 +73,10 @@ def write_report(exp: Experiment, results_dir: str | Path, tolerance: float = 1.
     """Every table, plot and summary for one experiment, in ``<results_dir>/<experiment>/``."""
     dest = Path(results_dir) / exp.name
     dest.mkdir(parents=True, exist_ok=True)
+    if exp.is_search:
+        from dylora.lab.search_tables import report_search  # it builds on this package: imported late
+
+        return report_search(exp, dest)
     paths = write_table(table1(exp), exp, dest) + write_table(table2(exp), exp, dest)
     methods, ablations = {r.method for r in exp.used}, []
     if methods & {"dylora_geometric", "dylora_frozen_geometric"}:  # the p_B ablation's runs

@@ -2,6 +2,8 @@
 
 An experiment is every run under ``<out_dir>/<experiment>/``: the runs found, one finished run
 used per (task, method, seed), and the issues (unreadable, unfinished, superseded, absent runs).
+In a rank search's experiment (``dylora.lab.search_cost``: LoRA trained and evaluated at each rank
+alone, DyLoRA at one or more r_max) a run is one per (task, method, seed) *and* r_max.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ class Issue:
     task: str
     method: str
     seed: int | None
-    status: str  # unreadable | unfinished | corrupted | absent | superseded | incomplete
+    status: str  # unreadable | unfinished | corrupted | absent | superseded | incomplete | unused
     detail: str
 
 
@@ -52,8 +54,14 @@ class Issue:
 class Experiment:
     name: str
     runs: list[RunRecord]  # every record found, usable or not
-    used: list[RunRecord]  # one finished run per (task, method, seed)
+    used: list[RunRecord]  # one finished run per (task, method, seed), and per rank for a search's
     issues: list[Issue]
+    root: Path | None = None  # the out_dir the records were read from
+
+    @property
+    def is_search(self) -> bool:
+        """A rank search's runs (``dylora.lab.search_cost``), reported as its tables, not as rank sweeps."""
+        return any(search_rank(r) is not None for r in self.used)
 
     def metrics(self) -> pd.DataFrame:
         rows = [vars(m) for r in self.used for m in r.metrics]
@@ -66,6 +74,12 @@ class Experiment:
         r_max = max(int(config_value(r.config, "method.r_max") or max((m.rank for m in r.metrics), default=1))
                     for r in runs)
         return r_min, r_max
+
+
+def search_rank(record: RunRecord) -> int | None:
+    """The rank a LoRA run of a rank search was trained and evaluated at, alone; None for any other run."""
+    r_max, ranks = config_value(record.config, "method.r_max"), config_value(record.config, "method.eval_ranks")
+    return int(r_max) if record.method == "lora" and ranks == [r_max] else None
 
 
 def config_value(config: dict[str, Any], dotted: str) -> Any:
@@ -104,7 +118,8 @@ def _finished_at(record: RunRecord) -> float:
 
 def _experiment(name: str, runs: list[RunRecord], root: Path) -> Experiment:
     issues = []
-    by_key: dict[tuple[str, str, int], list[RunRecord]] = {}
+    search = any(search_rank(r) is not None for r in runs)
+    by_key: dict[tuple[str, str, int, int | None], list[RunRecord]] = {}
     for r in runs:
         where = str(r.path.relative_to(root))
         if not (r.task and r.method and "seed" in r.config):
@@ -114,16 +129,17 @@ def _experiment(name: str, runs: list[RunRecord], root: Path) -> Experiment:
             status = "corrupted" if (r.path / DONE).exists() else "unfinished"
             issues.append(Issue(r.task, r.method, r.seed, status, f"{where}: {r.problem or 'not done'}"))
         else:
-            by_key.setdefault((r.task, r.method, r.seed), []).append(r)
+            r_max = config_value(r.config, "method.r_max") if search else None
+            by_key.setdefault((r.task, r.method, r.seed, r_max), []).append(r)
     used = []
     for key, group in sorted(by_key.items()):
         group.sort(key=_finished_at)
         used.append(group[-1])
         for stale in group[:-1]:  # a re-run with another config: keep the newest, say so
             detail = f"{stale.path.relative_to(root)}: superseded by the newer {group[-1].path.name}"
-            issues.append(Issue(*key, "superseded", detail))
-    issues += _absent(runs, set(by_key))
-    return Experiment(name, runs, used, issues)
+            issues.append(Issue(*key[:3], "superseded", detail))
+    issues += _absent(runs, {key[:3] for key in by_key})
+    return Experiment(name, runs, used, issues, root)
 
 
 def _absent(runs: list[RunRecord], finished: set[tuple[str, str, int]]) -> list[Issue]:
