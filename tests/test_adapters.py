@@ -29,6 +29,7 @@ from dylora import (
     rank_schedule,
     save_adapter,
     set_rank,
+    set_truncation,
     trainable_parameters,
     unmerge,
 )
@@ -342,6 +343,75 @@ def test_peft_export_reproduces_gpt2_q_v_adapter_at_every_rank(tmp_path):
         assert saved["r"] == 2 * rank and saved["lora_alpha"] == 2 * 32  # rank-2b block adapter
         peft_model = PeftModel.from_pretrained(tiny_gpt2(), str(out)).eval()
         torch.testing.assert_close(logits(peft_model, ids), logits(model, ids), rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------- SVD truncation
+
+
+def svd_update(layer, rank: int) -> torch.Tensor:
+    """The best rank-b approximation of each slice's s(r_max) B A, by numpy's SVD of the full d_out x d_in
+    matrix (no QR, no factors of ours), laid out as delta_weight."""
+    scale = layer.config.scale(layer.config.r_max)
+    d_out = layer.base.weight.shape[1] if layer.fan_in_fan_out else layer.base.weight.shape[0]
+    delta = np.zeros((d_out, layer.lora_A.shape[-1]))
+    for s, (lo, hi) in enumerate(layer.out_slices):
+        full = scale * layer.lora_B[s].detach().double().numpy() @ layer.lora_A[s].detach().double().numpy()
+        u, sv, vh = np.linalg.svd(full)
+        delta[lo:hi] = (u[:, :rank] * sv[:rank]) @ vh[:rank]
+    delta = torch.from_numpy(delta).float()
+    return delta.T if layer.fan_in_fan_out else delta
+
+
+@pytest.mark.parametrize("make", [tiny_roberta, tiny_gpt2], ids=["roberta", "gpt2-q-v-blocks"])
+def test_svd_truncation_merges_the_best_rank_b_approximation_of_each_update(make):
+    model = make()
+    add_adapters(model, AdapterConfig(r_max=R_MAX, alpha=16))
+    randomize(model)
+    ids = inputs()
+    before = {n: layer.base.weight.detach().clone() for n, layer in adapter_layers(model)}
+    for rank in range(1, R_MAX + 1):
+        with merged(model, rank, "svd"):
+            for n, layer in adapter_layers(model):
+                torch.testing.assert_close(layer.base.weight, before[n] + svd_update(layer, rank), rtol=1e-4, atol=1e-5)
+            svd_logits = logits(model, ids)
+        set_rank(model, rank)
+        set_truncation(model, "svd")  # unmerged, the forward pass takes the same factors
+        torch.testing.assert_close(logits(model, ids), svd_logits, rtol=1e-4, atol=1e-5)
+        set_truncation(model, "prefix")
+        if rank < R_MAX:  # random A, B: the prefix is not the best approximation below r_max
+            assert not torch.allclose(logits(model, ids), svd_logits, atol=1e-4)
+    for n, layer in adapter_layers(model):
+        assert torch.equal(layer.base.weight, before[n]) and layer.truncation == "prefix"
+
+
+def test_at_r_max_svd_and_prefix_truncation_give_the_same_outputs():
+    model = tiny_roberta()
+    add_adapters(model, AdapterConfig(r_max=R_MAX, alpha=16, scaling="r_max"))
+    randomize(model)
+    ids = inputs()
+    with merged(model, R_MAX):
+        prefix = logits(model, ids)
+    with merged(model, R_MAX, "svd"):
+        torch.testing.assert_close(logits(model, ids), prefix, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ConfigError, match="truncation 'top' is not one of prefix, svd"):
+        set_truncation(model, "top")
+
+
+@pytest.mark.parametrize("make", [tiny_roberta, tiny_gpt2], ids=["roberta", "gpt2-q-v-blocks"])
+def test_peft_export_of_the_svd_truncation_reproduces_its_outputs(tmp_path, make):
+    from peft import PeftModel
+
+    model = make()
+    add_adapters(model, AdapterConfig(r_max=R_MAX, alpha=16))
+    randomize(model)
+    ids = inputs()
+    for rank in (1, 3):
+        out = export_peft(model, rank, tmp_path / f"svd{rank}", truncation="svd")
+        with merged(model, rank, "svd"):
+            expected = logits(model, ids)
+        peft_model = PeftModel.from_pretrained(make(), str(out)).eval()
+        torch.testing.assert_close(logits(peft_model, ids), expected, rtol=1e-4, atol=1e-5)
+    assert all(layer.truncation == "prefix" for _, layer in adapter_layers(model))  # the export put it back
 
 
 # ---------------------------------------------------------------------------- validation

@@ -267,6 +267,11 @@ def test_summary_auc_and_min_rank_by_hand(results):
     paper = [34.6, 40.53, 58.95, 72.1, 78.61, 83.02, 85.44, 86.82]  # EACL Table 2, LoRA MNLI
     assert row["paper_auc"] == pytest.approx(sum((a + b) / 2 for a, b in zip(paper, paper[1:])) / 7)
     assert row["paper_min_rank_within_tol"] == 8  # rank 7 (85.44) is 1.38 below rank 8 (86.82)
+    # on the log2 axis: trapezoids over log2 b, divided by log2(8 / 1) = 3
+    logs = [math.log2(r) for r in range(1, R_MAX + 1)]
+    area = sum((curve[i] + curve[i + 1]) / 2 * (logs[i + 1] - logs[i]) for i in range(R_MAX - 1))
+    assert row["auc_log2"] == pytest.approx(area / 3)
+    assert row["auc_log2"] < row["auc"]  # LoRA's low ranks are poor, and weigh more on the log2 axis
 
 
 def finding_by_hand(task, dylora_bump=0.0, seeds=None):
@@ -319,9 +324,37 @@ def test_finding_flags_equal_sums_by_hand(results, tmp_path):
 def test_normalised_auc_and_min_rank_on_uneven_ranks():
     assert report.normalised_auc([4, 1, 2], [3, 1, 3]) == pytest.approx((2 * 1 + 3 * 2) / 3)
     assert report.normalised_auc([5], [7.0]) == 7.0
+    assert report.normalised_auc([1, 2, 4, 8], [2.0] * 4, log2=True) == pytest.approx(2.0)  # flat at v gives v
+    assert report.normalised_auc([2, 8], [1, 3], log2=True) == pytest.approx(2.0)
+    assert report.normalised_auc([1, 2, 8], [0, 3, 3], log2=True) == pytest.approx((1.5 * 1 + 3 * 2) / 3)
     assert report.min_rank_within([1, 2, 3], [50, 59.5, 60], 1.0) == 2
     assert report.min_rank_within([1, 2, 3], [50, 59.5, 60], 0.0) == 3
     assert report.min_rank_within([1, 2, 3], [0.9, 0.45, 0.4], 0.1, lower_is_better=True) == 2
+
+
+def test_svd_rows_are_a_method_of_their_own_in_every_table(tmp_path):
+    for seed in SEEDS:
+        for method in ("lora", "dylora"):
+            run_dir = write_run(tmp_path, "mrpc", method, seed)
+            rows = [MetricRow("mrpc", method, seed, r, split, metric,
+                              value("mrpc", method, seed, R_MAX, split, metric) - 0.01 * (R_MAX - r), "svd")
+                    for r in range(1, R_MAX + 1) for split, metric in LOGGED["mrpc"]]
+            from dylora.records import read_metrics
+
+            write_metrics(run_dir, read_metrics(run_dir) + rows)
+            mark_done(run_dir)
+    report.build_report(tmp_path, tmp_path / "out")
+    out = tmp_path / "out" / EXPERIMENT
+    table2 = pd.read_csv(out / "table2.csv")
+    assert list(dict.fromkeys(table2["method"])) == ["lora", "lora+svd", "dylora", "dylora+svd"]
+    svd = table2.query("method == 'lora+svd' and source == 'ours' and task == 'mrpc'").set_index("row")
+    by_hand = statistics.mean(100 * (value("mrpc", "lora", s, R_MAX, "validation", "f1") - 0.01 * 7) for s in SEEDS)
+    assert svd.loc[1, "mean"] == pytest.approx(by_hand)  # Table 2's MRPC metric is F1
+    assert table2.query("method == 'lora+svd' and source == 'paper'").empty  # the paper has no such rows
+    assert "| LoRA + SVD |" in (out / "table1.md").read_text()
+    summary = pd.read_csv(out / "summary.csv")
+    assert set(summary["method"]) == {"lora", "lora+svd", "dylora", "dylora+svd"}
+    assert "rank b taken as the top-b singular triplets" in (out / "table1.md").read_text()
 
 
 # ---------------------------------------------------------------------------- edge cases

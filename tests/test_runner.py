@@ -138,6 +138,42 @@ def test_wandb_offline_run_holds_the_rank_table(tmp_path, glue_dir, monkeypatch)
     assert wandb.run is None  # the job finished its W&B run
 
 
+# ---------------------------------------------------------------------------- truncations
+
+
+def test_one_training_is_evaluated_under_each_truncation(tmp_path, glue_dir):
+    spec = compose_spec(tiny_overrides("task=sst2", f"data.glue_dir={glue_dir}", f"out_dir={tmp_path}",
+                                       "eval.truncation=[prefix,svd]", "method.eval_ranks=[1,2]"))
+    run = records.read_run(execute(spec, progress=False))
+    rows = {(m.truncation, m.rank, m.split, m.metric): m.value for m in run.metrics}
+    assert {t for t, *_ in rows} == {"prefix", "svd"} and len(rows) == 2 * 2  # accuracy at ranks 1, 2
+    assert rows[("svd", 2, "validation", "accuracy")] == rows[("prefix", 2, "validation", "accuracy")]  # b = r_max
+    assert set(run.env["sweep_seconds_by_truncation"]) == {"prefix", "svd"}
+    assert run.env["sweep_seconds"] == pytest.approx(sum(run.env["sweep_seconds_by_truncation"].values()))
+
+
+def test_a_finished_run_asked_for_another_truncation_is_evaluated_without_training_again(tmp_path, glue_dir, capsys):
+    args = tiny_overrides("task=sst2", f"data.glue_dir={glue_dir}", "method.r_max=3", "trainer.max_steps=6")
+    first = execute(compose_spec([*args, f"out_dir={tmp_path / 'a'}"]), progress=False)
+    before = records.read_run(first)
+    adapter = (first / records.ADAPTER).read_bytes()
+    again = execute(compose_spec([*args, f"out_dir={tmp_path / 'a'}", "eval.truncation=[prefix,svd]"]),
+                    progress=False)
+    assert again == first and "evaluating the finished" in capsys.readouterr().err  # same run, no new folder
+    after = records.read_run(first)
+    assert after.done and (first / records.ADAPTER).read_bytes() == adapter
+    assert after.env["train_seconds"] == before.env["train_seconds"]  # not trained again
+    assert after.metrics[: len(before.metrics)] == before.metrics
+    assert after.config["eval"]["truncation"] == ["prefix", "svd"]
+    # ... and its SVD rows are those of a run trained with both truncations from the start
+    fresh = execute(compose_spec([*args, f"out_dir={tmp_path / 'b'}", "eval.truncation=[prefix,svd]"]),
+                    progress=False)
+    svd = [m for m in after.metrics if m.truncation == "svd"]
+    assert svd and svd == [m for m in records.read_run(fresh).metrics if m.truncation == "svd"]
+    execute(compose_spec([*args, f"out_dir={tmp_path / 'a'}", "eval.truncation=svd"]), progress=False)
+    assert "skip:" in capsys.readouterr().err  # it has SVD rows now
+
+
 # ---------------------------------------------------------------------------- bad input
 
 
@@ -153,6 +189,8 @@ def test_invalid_values_are_refused_before_anything_runs(glue_dir):
         (["trainer.lr=-1"], r"trainer.lr=-1"),
         (["+method.rank=3"], r"unknown adapter option\(s\) \['rank'\]"),
         (["seed=-1"], "seed=-1"),
+        (["eval.truncation=top"], r"eval.truncation=top must be one of prefix, svd or a list of them"),
+        (["eval.truncation=[]"], r"eval.truncation=\[\] must be one of prefix, svd"),
     ]
     for extra, message in cases:
         with pytest.raises(ConfigError, match=message):

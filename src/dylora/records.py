@@ -49,6 +49,9 @@ RUN_NAME = re.compile(r"seed\d+-[0-9a-f]{8}")  # run_dir_for's names; a moved-as
 
 # Keys that only say where outputs go: they never change a result, so they are not hashed.
 OUTPUT_KEYS = ("out_dir", "results_dir", "logger")
+# Keys that say how a trained run is evaluated (``eval.truncation``): not the run's identity either, as a
+# finished run asked for an evaluation it lacks does it from its saved adapter, without training again.
+EVALUATION_KEYS = ("eval",)
 
 # Options added after the first run records were written, each with the value that keeps the
 # behaviour runs had before it existed. A config holding exactly that value hashes as if the
@@ -65,7 +68,8 @@ HASH_NEUTRAL: dict[str, Any] = {
 
 @dataclass(frozen=True)
 class MetricRow:
-    """One number: ``task`` and ``method`` are config names (``sst2``, ``dylora_frozen``)."""
+    """One number: ``task`` and ``method`` are config names (``sst2``, ``dylora_frozen``); ``truncation`` how
+    rank b was taken (``prefix`` | ``svd``; a row written before the field existed is ``prefix``)."""
 
     task: str
     method: str
@@ -74,10 +78,11 @@ class MetricRow:
     split: str
     metric: str
     value: float
+    truncation: str = "prefix"
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "MetricRow":
-        names = [f.name for f in fields(cls)]
+        names = [f.name for f in fields(cls) if f.name != "truncation"]
         missing = [n for n in names if n not in d]
         if missing:
             raise RecordError(f"metric row {d!r} lacks {missing}")
@@ -89,14 +94,15 @@ class MetricRow:
             split=str(d["split"]),
             metric=str(d["metric"]),
             value=float(d["value"]),
+            truncation=str(d.get("truncation", "prefix")),
         )
         return row
 
 
 def config_hash(config: dict[str, Any]) -> str:
-    """sha256 of the canonical JSON of ``config`` without its output keys and without the options
-    that hold their neutral value (``HASH_NEUTRAL``, dotted keys)."""
-    kept = {k: v for k, v in config.items() if k not in OUTPUT_KEYS}
+    """sha256 of the canonical JSON of ``config`` without its output and evaluation keys and without the
+    options that hold their neutral value (``HASH_NEUTRAL``, dotted keys)."""
+    kept = {k: v for k, v in config.items() if k not in OUTPUT_KEYS + EVALUATION_KEYS}
     for dotted, value in HASH_NEUTRAL.items():
         kept = _without(kept, dotted.split("."), value)
     text = json.dumps(kept, sort_keys=True, separators=(",", ":"), default=str)

@@ -1,6 +1,8 @@
 """One run: build the model and task, train once, evaluate every rank, write the run record.
 
-A run whose record is complete is skipped; an unfinished one resumes from its checkpoint.
+A run whose record is complete is skipped; an unfinished one resumes from its checkpoint. A complete
+one asked for a truncation (``eval.truncation``) its metrics lack is evaluated at it from its saved
+adapter, and its record completed, without training again.
 Under torchrun every process trains on its slice of each batch; only the main process writes.
 """
 
@@ -21,7 +23,7 @@ import torch.distributed as torch_dist
 
 from dylora import records
 from dylora.adapters import add_adapters, rank_schedule, save_adapter, summed_ranks, trainable_parameters
-from dylora.adapters.io import load_lora_weights
+from dylora.adapters.io import load_adapter, load_lora_weights
 from dylora.errors import ConfigError, RecordError, TrainingError
 from dylora.models import load_model, load_tokenizer
 from dylora.precision import cast_frozen, set_tf32
@@ -74,7 +76,12 @@ def _execute(spec: RunSpec, run_dir: Path, dist: Distributed, progress: bool) ->
     # only the main process reads the data's fingerprint and moves a bad or stale record aside
     fingerprint = records.data_fingerprint(data_files(spec)) if dist.is_main else {}
     if _from_main(finished(run_dir, fingerprint) if dist.is_main else None, dist):
-        say(f"skip: {run_dir} is already complete")
+        missing = _from_main(_missing_truncations(run_dir, spec) if dist.is_main else None, dist)
+        if not missing:
+            say(f"skip: {run_dir} is already complete")
+        elif dist.is_main:  # evaluation runs on the main process only
+            say(f"evaluating the finished {run_dir} at truncation {', '.join(missing)}")
+            _evaluate_finished(spec, run_dir, missing, _device(spec.trainer.device, dist), progress)
         return run_dir
     device = _device(spec.trainer.device, dist)
     torch.manual_seed(spec.seed)
@@ -104,17 +111,10 @@ def _execute(spec: RunSpec, run_dir: Path, dist: Distributed, progress: bool) ->
         if not dist.is_main:
             return run_dir
         save_adapter(model, run_dir / records.ADAPTER)
-        start = time.perf_counter()
-        rows = list(rank_sweep(model, spec.eval_ranks, data.evaluate, progress, spec.trainer.precision))
-        sweep_seconds = time.perf_counter() - start
-        metric_rows = [
-            records.MetricRow(spec.task.name, spec.method_name, spec.seed, rank, split, metric, value)
-            for rank, split, metric, value in rows
-        ]
+        metric_rows, seconds = _sweeps(spec, model, data, spec.truncations, tracker, progress)
         records.write_metrics(run_dir, metric_rows)
-        records.write_env(run_dir, _env(spec, model, device, dist, result.seconds, sweep_seconds, result.steps,
+        records.write_env(run_dir, _env(spec, model, device, dist, result.seconds, seconds, result.steps,
                                            schedules))
-        tracker.log_rank_curve(rows)
         records.mark_done(run_dir)
         shutil.rmtree(run_dir / records.CHECKPOINT, ignore_errors=True)
         say(f"done: {run_dir}")
@@ -124,6 +124,58 @@ def _execute(spec: RunSpec, run_dir: Path, dist: Distributed, progress: bool) ->
             tracker.finish()
         if dist.world > 1:
             torch_dist.barrier()
+
+
+def _sweeps(spec: RunSpec, model, data, truncations: list[str], tracker, progress: bool
+            ) -> tuple[list[records.MetricRow], dict[str, float]]:
+    """The rank sweep under each truncation: its metric rows, and its seconds by truncation."""
+    metric_rows, seconds = [], {}
+    for truncation in truncations:
+        start = time.perf_counter()
+        rows = list(rank_sweep(model, spec.eval_ranks, data.evaluate, progress, spec.trainer.precision, truncation))
+        seconds[truncation] = time.perf_counter() - start
+        metric_rows += [records.MetricRow(spec.task.name, spec.method_name, spec.seed, rank, split, metric, value,
+                                          truncation) for rank, split, metric, value in rows]
+        tracker.log_rank_curve(rows, truncation)
+    return metric_rows, seconds
+
+
+def _missing_truncations(run_dir: Path, spec: RunSpec) -> list[str]:
+    """The truncations ``spec`` asks for that the finished run's metrics lack."""
+    have = {row.truncation for row in records.read_metrics(run_dir)}
+    return [t for t in spec.truncations if t not in have]
+
+
+def _evaluate_finished(spec: RunSpec, run_dir: Path, truncations: list[str], device, progress: bool) -> None:
+    """Sweep the finished run's saved adapter under ``truncations`` and add the rows to its record: the
+    metrics, the sweep's seconds in env.json, eval.truncation in config.yaml (every truncation it now has),
+    and DONE over the whole record again."""
+    torch.manual_seed(spec.seed)
+    tokenizer = load_tokenizer(spec.model)
+    model = load_model(spec.model, tokenizer, num_labels(spec))
+    data = build_task(spec, model, tokenizer, device, run_dir)
+    load_adapter(model, run_dir / records.ADAPTER)
+    cast_frozen(model, spec.model.dtype)
+    model.to(device)
+    set_tf32(spec.trainer.tf32)
+    tracker = make_tracker(spec.logger, spec.config, run_dir, run_dir.name, spec.experiment)
+    try:
+        rows, seconds = _sweeps(spec, model, data, truncations, tracker, progress)
+    finally:
+        tracker.finish()
+    old = records.read_metrics(run_dir)
+    env = records.read_env(run_dir)
+    by_truncation = env.get("sweep_seconds_by_truncation") or {"prefix": env.get("sweep_seconds", 0.0)}
+    env["sweep_seconds_by_truncation"] = {**by_truncation, **seconds}
+    env["sweep_seconds"] = sum(env["sweep_seconds_by_truncation"].values())
+    config = records.read_config(run_dir)
+    done = list(dict.fromkeys([*(row.truncation for row in old), *truncations]))
+    config["eval"] = {**(config.get("eval") or {}), "truncation": done if len(done) > 1 else done[0]}
+    records.write_metrics(run_dir, old + rows)
+    records.write_env(run_dir, env)
+    records.write_config(run_dir, config)
+    records.mark_done(run_dir)
+    say(f"done: {run_dir} (now evaluated at truncation {', '.join(done)})")
 
 
 def _init_from(spec: RunSpec, model) -> None:
@@ -202,8 +254,8 @@ def _git_commit() -> str | None:
         return None
 
 
-def _env(spec: RunSpec, model, device, dist: Distributed, train_seconds: float, sweep_seconds: float, steps: int,
-         schedules: list[str]) -> dict:
+def _env(spec: RunSpec, model, device, dist: Distributed, train_seconds: float, sweep_seconds: dict[str, float],
+         steps: int, schedules: list[str]) -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
     def v(pkg: str) -> str | None:
@@ -226,5 +278,6 @@ def _env(spec: RunSpec, model, device, dist: Distributed, train_seconds: float, 
         "train_seconds": train_seconds,
         "train_steps": steps,
         "rank_sequence_sha256": schedules,  # one per process: sha256 of the JSON list of b per step
-        "sweep_seconds": sweep_seconds,
+        "sweep_seconds": sum(sweep_seconds.values()),  # every truncation's rank sweep
+        "sweep_seconds_by_truncation": sweep_seconds,
     }

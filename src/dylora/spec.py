@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from dylora.adapters import AdapterConfig
+from dylora.adapters import TRUNCATIONS, AdapterConfig
 from dylora.errors import ConfigError
 from dylora.precision import check_base_dtype, device_type, resolve_precision
 
@@ -156,6 +156,7 @@ class RunSpec:
     method_name: str
     adapter: AdapterConfig
     eval_ranks: list[int]
+    truncations: list[str]  # eval.truncation, as a list: each is a rank sweep of its own
     trainer: TrainerSpec
     data: DataSpec
     logger: LoggerSpec
@@ -194,11 +195,21 @@ class RunSpec:
             method_name=str(name),
             adapter=adapter,
             eval_ranks=sorted(set(ranks)),
+            truncations=_truncations((config.get("eval") or {}).get("truncation", "prefix")),
             trainer=trainer,
             data=_build(DataSpec, "data", dict(config["data"])),
             logger=_build(LoggerSpec, "logger", dict(config["logger"])),
             config=_effective(config, trainer),
         )
+
+
+def _truncations(value: Any) -> list[str]:
+    """``eval.truncation`` (one name or a list of them) as a list without repeats, in the order given."""
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list) or not names or any(n not in TRUNCATIONS for n in names):
+        raise ConfigError(f"eval.truncation={value} must be one of {', '.join(TRUNCATIONS)} or a list of them, "
+                          "e.g. eval.truncation=[prefix,svd]")
+    return list(dict.fromkeys(names))
 
 
 def _resolved(trainer: TrainerSpec) -> TrainerSpec:

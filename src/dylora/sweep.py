@@ -6,8 +6,9 @@ Evaluation runs under the same autocast as training (``precision``).
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -38,12 +39,33 @@ def rank_sweep(
     evaluate: Callable[[nn.Module, int], dict[str, dict[str, float]]],
     progress: bool = True,
     precision: str = "fp32",
+    truncation: str = "prefix",
 ) -> Iterator[tuple[int, str, str, float]]:
-    """Yield (rank, split, metric, value) for every rank; ``evaluate(model, rank)`` returns {split: {metric: value}}."""
+    """Yield (rank, split, metric, value) for every rank, taken by ``truncation`` (``prefix`` | ``svd``);
+    ``evaluate(model, rank)`` returns {split: {metric: value}}."""
     device = next(model.parameters()).device
-    for rank in progress_bar(ranks, desc="rank sweep", enabled=progress):
-        with merged(model, rank), autocast(precision, device):
+    desc = "rank sweep" if truncation == "prefix" else f"rank sweep ({truncation})"
+    for rank in progress_bar(ranks, desc=desc, enabled=progress):
+        with merged(model, rank, truncation), autocast(precision, device):
             results = evaluate(model, rank)
         for split, values in results.items():
             for metric, value in values.items():
                 yield rank, split, metric, value
+
+
+def normalised_auc(ranks: Iterable[float], values: Iterable[float], log2: bool = False) -> float:
+    """Area under the rank curve (trapezoid rule) divided by the span of its axis: rank, or with ``log2``
+    log2(rank), the span then log2(r_max / r_min).
+
+    It is in the metric's units: a flat curve at v gives v, so curves over different rank ranges
+    compare. The endpoints weigh half, unlike the plain mean over ranks (Table 1's avg row). On the
+    log2 axis each doubling of the rank weighs alike. One rank gives its value.
+    """
+    x, y = np.asarray(list(ranks), float), np.asarray(list(values), float)
+    order = np.argsort(x)
+    x, y = x[order], y[order]
+    if log2:
+        x = np.log2(x)
+    if len(x) == 1:
+        return float(y[0])
+    return float(np.sum((y[1:] + y[:-1]) / 2 * np.diff(x)) / (x[-1] - x[0]))

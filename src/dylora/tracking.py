@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from dylora.spec import LoggerSpec
+from dylora.sweep import normalised_auc
 
 
 class Tracker:
@@ -19,7 +20,7 @@ class Tracker:
 
     def log_step(self, step: int, rank: int, loss: float) -> None: ...
 
-    def log_rank_curve(self, rows: list[tuple[int, str, str, float]]) -> None: ...
+    def log_rank_curve(self, rows: list[tuple[int, str, str, float]], truncation: str = "prefix") -> None: ...
 
     def finish(self) -> None: ...
 
@@ -50,20 +51,26 @@ class WandbTracker(Tracker):
         if self.run is not None:
             self._guard(lambda: self.run.log({"train/loss": loss, "train/rank": rank}, step=step))
 
-    def log_rank_curve(self, rows: list[tuple[int, str, str, float]]) -> None:
+    def log_rank_curve(self, rows: list[tuple[int, str, str, float]], truncation: str = "prefix") -> None:
         if self.run is not None:
-            self._guard(self._log_curve, rows)
+            self._guard(self._log_curve, rows, truncation)
 
-    def _log_curve(self, rows) -> None:
+    def _log_curve(self, rows, truncation: str) -> None:
         import wandb
 
+        key = "rank_curve" if truncation == "prefix" else f"rank_curve_{truncation}"  # the paper's curve keeps its key
+        how = "" if truncation == "prefix" else f", {truncation} truncation"
         table = wandb.Table(columns=["rank", "split", "metric", "value"], data=[list(r) for r in rows])
-        logged: dict[str, Any] = {"rank_curve/table": table}
+        logged: dict[str, Any] = {f"{key}/table": table}
         for split, metric in sorted({(r[1], r[2]) for r in rows}):
-            curve = wandb.Table(columns=["rank", metric],
-                                data=[[r[0], r[3]] for r in rows if (r[1], r[2]) == (split, metric)])
-            logged[f"rank_curve/{split}/{metric}"] = wandb.plot.line(curve, "rank", metric,
-                                                                     title=f"{metric} ({split}) by rank")
+            points = [[r[0], r[3]] for r in rows if (r[1], r[2]) == (split, metric)]
+            curve = wandb.Table(columns=["rank", metric], data=points)
+            logged[f"{key}/{split}/{metric}"] = wandb.plot.line(curve, "rank", metric,
+                                                                title=f"{metric} ({split}) by rank{how}")
+            # the areas under the curve, over rank and over log2 rank, as run summaries to sort runs by
+            ranks, values = [p[0] for p in points], [p[1] for p in points]
+            self.run.summary[f"{key}/{split}/{metric}/auc"] = normalised_auc(ranks, values)
+            self.run.summary[f"{key}/{split}/{metric}/auc_log2"] = normalised_auc(ranks, values, log2=True)
         self.run.log(logged)
 
     def finish(self) -> None:

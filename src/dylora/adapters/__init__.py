@@ -2,16 +2,18 @@
 
 from dylora.adapters.config import AdapterConfig
 from dylora.adapters.io import export_peft, load_adapter, read_adapter_config, save_adapter
-from dylora.adapters.layer import DyLoRALayer
+from dylora.adapters.layer import TRUNCATIONS, DyLoRALayer
 from dylora.adapters.model import (
     adapter_config,
     adapter_layers,
     add_adapters,
     get_rank,
+    get_truncation,
     hold_untrained_rows,
     merge,
     merged,
     set_rank,
+    set_truncation,
     trainable_parameters,
     unmerge,
 )
@@ -19,6 +21,7 @@ from dylora.adapters.sampling import RankSampler, rank_pmf, rank_schedule, summe
 
 __all__ = [
     "AdapterConfig",
+    "TRUNCATIONS",
     "DyLoRALayer",
     "RankSampler",
     "adapter_config",
@@ -26,6 +29,7 @@ __all__ = [
     "add_adapters",
     "export_peft",
     "get_rank",
+    "get_truncation",
     "hold_untrained_rows",
     "load_adapter",
     "merge",
@@ -35,6 +39,7 @@ __all__ = [
     "read_adapter_config",
     "save_adapter",
     "set_rank",
+    "set_truncation",
     "summed_ranks",
     "trainable_parameters",
     "unmerge",

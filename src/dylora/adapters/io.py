@@ -7,7 +7,8 @@ A PEFT export at rank b is a standard LoRA adapter directory (``adapter_config.j
 ``adapter_model.safetensors``). PEFT's scale is lora_alpha / r, so lora_alpha is chosen to give
 our s(b). GPT-2's q/v-only ``c_attn`` becomes one rank-2b adapter on the whole ``c_attn`` whose
 A stacks [A_q; A_v] and whose B is block-diagonal over the q and v output blocks (zero on k):
-exactly our update, with lora_alpha = 2 * s(b) * b.
+exactly our update, with lora_alpha = 2 * s(b) * b. An export with ``truncation="svd"`` writes each
+module's top-b singular triplets as its factors, at the same lora_alpha.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from torch import nn
 
 from dylora.adapters.config import AdapterConfig
 from dylora.adapters.layer import DyLoRALayer
-from dylora.adapters.model import adapter_config, adapter_layers, add_adapters, head_modules
+from dylora.adapters.model import adapter_config, adapter_layers, add_adapters, head_modules, set_truncation
 from dylora.errors import ConfigError, RecordError
 from dylora.records import atomic_write_bytes
 
@@ -167,8 +168,9 @@ def peft_lora_config(model: nn.Module, rank: int, base_model_name_or_path: str |
 
 
 def _peft_weights(layer: DyLoRALayer, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """PEFT's lora_A (n*b x d_in) and lora_B (d_out x n*b) for a layer at rank b."""
-    a, b = layer.lora_A[:, :rank].detach(), layer.lora_B[:, :, :rank].detach()
+    """PEFT's lora_A (n*b x d_in) and lora_B (d_out x n*b) for a layer at rank b (its truncation's factors)."""
+    a, b, _ = layer.factors(rank)
+    a, b = a.detach(), b.detach()
     n = a.shape[0]
     d_out = layer.base.weight.shape[1] if layer.fan_in_fan_out else layer.base.weight.shape[0]
     big_b = a.new_zeros(d_out, n * rank)
@@ -177,18 +179,26 @@ def _peft_weights(layer: DyLoRALayer, rank: int) -> tuple[torch.Tensor, torch.Te
     return a.flatten(0, 1), big_b
 
 
-def export_peft(model: nn.Module, rank: int, out_dir: str | Path, base_model_name_or_path: str | None = None) -> Path:
-    """Write a standard PEFT LoRA adapter directory equal to our adapter at ``rank`` (head included)."""
+def export_peft(model: nn.Module, rank: int, out_dir: str | Path, base_model_name_or_path: str | None = None,
+                truncation: str = "prefix") -> Path:
+    """Write a standard PEFT LoRA adapter directory equal to our adapter at ``rank``, taken by ``truncation``
+    (``prefix`` | ``svd``), head included."""
     from peft import get_peft_model
 
     lora_config = peft_lora_config(model, rank, base_model_name_or_path)
     peft_model = get_peft_model(_base_copy(model), lora_config)
-    with torch.no_grad():
-        for name, layer in adapter_layers(model):
-            target = peft_model.base_model.model.get_submodule(name)
-            a, b = _peft_weights(layer, rank)
-            target.lora_A["default"].weight.copy_(a)
-            target.lora_B["default"].weight.copy_(b)
+    layers = dict(adapter_layers(model))
+    before = {layer.truncation for layer in layers.values()}.pop()
+    set_truncation(model, truncation)
+    try:
+        with torch.no_grad():
+            for name, layer in layers.items():
+                target = peft_model.base_model.model.get_submodule(name)
+                a, b = _peft_weights(layer, rank)
+                target.lora_A["default"].weight.copy_(a)
+                target.lora_B["default"].weight.copy_(b)
+    finally:
+        set_truncation(model, before)
     out_dir = Path(out_dir)
     peft_model.save_pretrained(str(out_dir))
     return out_dir

@@ -5,6 +5,13 @@ output slices: one slice covering every output for a plain linear layer, or GPT-
 value blocks inside the fused ``c_attn`` (as the LoRA paper adapts it), each slice with its
 own A and B. Parameters are stacked per slice: ``lora_A`` is (slices, r_max, d_in) and
 ``lora_B`` is (slices, d_slice, r_max), so row i of A pairs with column i of B.
+
+How rank b is taken from the r_max factors is the layer's ``truncation`` (evaluation only; training
+always takes the prefix):
+
+* ``prefix`` (the paper's): the first b rows of A and columns of B, scaled by s(b);
+* ``svd``: the top-b singular triplets of each slice's full update s(r_max)·B·A, its best rank-b
+  approximation (Eckart-Young), whatever order training left the rows in.
 """
 
 from __future__ import annotations
@@ -17,6 +24,23 @@ from transformers.pytorch_utils import Conv1D
 
 from dylora.adapters.config import AdapterConfig
 from dylora.errors import ConfigError
+
+TRUNCATIONS = ("prefix", "svd")
+
+
+def check_truncation(truncation: str) -> None:
+    if truncation not in TRUNCATIONS:
+        raise ConfigError(f"truncation {truncation!r} is not one of {', '.join(TRUNCATIONS)}")
+
+
+@torch.no_grad()
+def svd_factors(a: torch.Tensor, b: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(U, S, Vh) of ``scale * b @ a`` for stacked slices (a: n x r x d_in, b: n x d_out x r), singular values
+    descending, computed through QR of the thin factors: exact, and r x r instead of d_out x d_in."""
+    qb, rb = torch.linalg.qr(b.double())  # n x d_out x r, n x r x r
+    qa, ra = torch.linalg.qr(a.double().transpose(1, 2))  # n x d_in x r, n x r x r
+    u, s, vh = torch.linalg.svd(rb @ ra.transpose(1, 2) * scale)
+    return qb @ u, s, vh @ qa.transpose(1, 2)
 
 
 def base_dims(base: nn.Module) -> tuple[int, int, bool]:
@@ -59,6 +83,7 @@ class DyLoRALayer(nn.Module):
             "_out_index", torch.cat([torch.arange(lo, hi) for lo, hi in self.out_slices]), persistent=False
         )
         self.rank = config.r_max
+        self.truncation = "prefix"
         self.merged_rank: int | None = None
         self._unmerged: torch.Tensor | None = None  # the base weight as it was before merge()
 
@@ -72,6 +97,27 @@ class DyLoRALayer(nn.Module):
             self.rank = rank
             self.merge()
         self.rank = rank
+
+    def set_truncation(self, truncation: str) -> None:
+        """Take rank b by ``truncation`` (``prefix`` | ``svd``); a merged layer is re-merged by it."""
+        check_truncation(truncation)
+        merged = self.merged_rank is not None
+        if merged and truncation != self.truncation:
+            self.unmerge()
+        self.truncation = truncation
+        if merged:
+            self.merge()
+
+    def factors(self, rank: int | None = None) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """(A', B', s), each slice's update at rank b under the layer's truncation being s * B' @ A' (A' is
+        n x b x d_in, B' n x d_slice x b, fp32). For ``svd`` A' = V_b^T and B' = U_b S_b / s(b): s stays s(b),
+        which a PEFT export's lora_alpha encodes."""
+        b = self.rank if rank is None else rank
+        scale = self.config.scale(b)
+        if self.truncation == "prefix":
+            return self.lora_A[:, :b], self.lora_B[:, :, :b], scale
+        u, s, vh = svd_factors(self.lora_A, self.lora_B, self.config.scale(self.config.r_max))
+        return vh[:, :b].float(), (u[:, :, :b] * s[:, None, :b] / scale).float(), scale
 
     def truncated(self, rank: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(A[:, :b], B[:, :, :b]); with the frozen update rule only row/column b carries gradient."""
@@ -99,8 +145,11 @@ class DyLoRALayer(nn.Module):
         out = self.base(x)
         if self.merged_rank is not None:
             return out
-        a, b = self.truncated()
-        scale = self.config.scale(self.rank)
+        if self.truncation == "prefix":
+            a, b = self.truncated()
+            scale = self.config.scale(self.rank)
+        else:  # an evaluation: the SVD's factors carry no gradient
+            a, b, scale = self.factors()
         h = self.dropout(x)
         if self._full_output:
             return out + (h @ a[0].T) @ b[0].T * scale
@@ -112,12 +161,13 @@ class DyLoRALayer(nn.Module):
     # ------------------------------------------------------------------ merge
 
     def delta_weight(self, rank: int) -> torch.Tensor:
-        """s(b) * B[:, :b] @ A[:b] in fp32, laid out as the base weight (d_out x d_in, or d_in x d_out for Conv1D)."""
-        a, b = self.lora_A[:, :rank], self.lora_B[:, :, :rank]
+        """The update at rank b (s(b) * B[:, :b] @ A[:b] for the prefix) in fp32, laid out as the base weight
+        (d_out x d_in, or d_in x d_out for Conv1D)."""
+        a, b, scale = self.factors(rank)
         d_out = self.base.weight.shape[1] if self.fan_in_fan_out else self.base.weight.shape[0]
         delta = torch.zeros(d_out, a.shape[-1], dtype=a.dtype, device=a.device)
         with _no_autocast(a):
-            delta[self._out_index] = (b @ a).flatten(0, 1) * self.config.scale(rank)
+            delta[self._out_index] = (b @ a).flatten(0, 1) * scale
         return delta.T if self.fan_in_fan_out else delta
 
     @torch.no_grad()
@@ -128,8 +178,8 @@ class DyLoRALayer(nn.Module):
         temporary for the update (the rank sweep merges every layer at every rank)."""
         if not self._full_output:
             return (weight.float() + self.delta_weight(rank)).to(weight.dtype)
-        a, b = self.lora_A[0, :rank], self.lora_B[0, :, :rank]
-        scale = self.config.scale(rank)
+        a, b, scale = self.factors(rank)
+        a, b = a[0], b[0]
         with _no_autocast(a):
             if self.fan_in_fan_out:
                 return torch.addmm(weight.float(), a.T, b.T, alpha=scale).to(weight.dtype)
@@ -155,4 +205,5 @@ class DyLoRALayer(nn.Module):
         self.merged_rank = None
 
     def extra_repr(self) -> str:
-        return f"rank={self.rank}, r_max={self.config.r_max}, slices={self.out_slices}, merged={self.merged_rank}"
+        return (f"rank={self.rank}, r_max={self.config.r_max}, truncation={self.truncation}, slices={self.out_slices}, "
+                f"merged={self.merged_rank}")

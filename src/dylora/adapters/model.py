@@ -10,7 +10,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from dylora.adapters.config import AdapterConfig
-from dylora.adapters.layer import DyLoRALayer
+from dylora.adapters.layer import DyLoRALayer, check_truncation
 from dylora.errors import ConfigError
 
 # The paper adapts the attention query and value projections (Table 8); GPT-2 fuses q, k, v in
@@ -115,6 +115,20 @@ def set_rank(model: nn.Module, rank: int) -> None:
         layer.set_rank(rank)
 
 
+def set_truncation(model: nn.Module, truncation: str) -> None:
+    """Make every adapter take its rank by ``truncation``: ``prefix`` (the paper's) | ``svd``."""
+    check_truncation(truncation)
+    for _, layer in adapter_layers(model):
+        layer.set_truncation(truncation)
+
+
+def get_truncation(model: nn.Module) -> str:
+    truncations = {layer.truncation for _, layer in adapter_layers(model)}
+    if len(truncations) != 1:
+        raise ConfigError(f"adapters disagree on their truncation: {sorted(truncations)}")
+    return truncations.pop()
+
+
 def get_rank(model: nn.Module) -> int:
     ranks = {layer.rank for _, layer in adapter_layers(model)}
     if len(ranks) != 1:
@@ -136,13 +150,16 @@ def unmerge(model: nn.Module) -> None:
 
 
 @contextmanager
-def merged(model: nn.Module, rank: int) -> Iterator[nn.Module]:
-    """Evaluate with weights merged at ``rank``; unmerged (at that rank) on exit, whatever happens."""
+def merged(model: nn.Module, rank: int, truncation: str = "prefix") -> Iterator[nn.Module]:
+    """Evaluate with weights merged at ``rank``, taken by ``truncation``; unmerged (at that rank, the
+    prefix truncation back) on exit, whatever happens."""
+    set_truncation(model, truncation)
     merge(model, rank)
     try:
         yield model
     finally:
         unmerge(model)
+        set_truncation(model, "prefix")
 
 
 def trainable_parameters(model: nn.Module) -> dict[str, int]:

@@ -12,7 +12,7 @@ at b), post-processes hypotheses and references as LoRA's ``gpt2_decode.py`` and
 Values are recorded as those functions return them; ``dylora.lab.report`` scales them per task.
 WebNLG is scored on each category subset as its own split (``test_all``, ``test_seen``,
 ``test_unseen``). The scored hypotheses are saved as ``<run_dir>/outputs/rank<b>.<split>.txt``
-(one line per item) beside ``<split>.references.txt`` (each item's references, then a blank line:
+(``rank<b>.svd.<split>.txt`` under the SVD truncation; one line per item) beside ``<split>.references.txt`` (each item's references, then a blank line:
 the E2E scorer's multi-reference format), so the official scorers can be run on them.
 """
 
@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dylora.adapters import get_truncation as truncation
 from dylora.errors import ConfigError
 from dylora.generation import generate_batch, postprocess
 from dylora.precision import pad_multiple
@@ -157,7 +158,8 @@ def nlg_evaluator(task: str, splits: dict[str, list[NLGItem]], subsets: list[str
                 if out is not None:  # evaluation runs on the main process only: the one writer
                     out.mkdir(parents=True, exist_ok=True)
                     _write_references(out, name, [items[i] for i in index], task)
-                    atomic_write_text(out / f"rank{rank}.{name}.txt", "".join(_one_line(p) + "\n" for p in preds))
+                    stem = f"rank{rank}" + ("" if truncation(model) == "prefix" else f".{truncation(model)}")
+                    atomic_write_text(out / f"{stem}.{name}.txt", "".join(_one_line(p) + "\n" for p in preds))
                 refs = [[postprocess(r, task) for r in items[i].references] for i in index]
                 results[name] = score(task, preds, refs)
         return results

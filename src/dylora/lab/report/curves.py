@@ -1,4 +1,5 @@
-"""Rank curves per task (Table 2 metrics), and their summary: normalised AUC, smallest good rank."""
+"""Rank curves per task (Table 2 metrics), and their summary: normalised AUC (over rank and over log2 rank),
+smallest good rank."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import math
 from pathlib import Path
 from typing import Any, Iterable
 
-import numpy as np
 import pandas as pd
 
 from dylora.errors import ConfigError
@@ -22,21 +22,7 @@ from dylora.lab.report.experiments import (
 from dylora.lab.report.figures import plt, save_figure
 from dylora.lab.report.render import issues_markdown, markdown_table
 from dylora.lab.report.scoring import TABLE2_PAPER, scores
-
-
-def normalised_auc(ranks: Iterable[float], values: Iterable[float]) -> float:
-    """Area under the rank curve (trapezoid rule) divided by the rank span.
-
-    It is in the metric's units: a flat curve at v gives v, so curves over different rank ranges
-    compare. The endpoints weigh half, unlike the plain mean over ranks (Table 1's avg row).
-    One rank gives its value.
-    """
-    x, y = np.asarray(list(ranks), float), np.asarray(list(values), float)
-    order = np.argsort(x)
-    x, y = x[order], y[order]
-    if len(x) == 1:
-        return float(y[0])
-    return float(np.sum((y[1:] + y[:-1]) / 2 * np.diff(x)) / (x[-1] - x[0]))
+from dylora.sweep import normalised_auc
 
 
 def min_rank_within(ranks: Iterable[int], values: Iterable[float], tolerance: float,
@@ -103,7 +89,8 @@ def _plot_method(ax: Any, c: pd.DataFrame, method: str, task: str, color: str) -
 
 
 SUMMARY_COLUMNS = ["task", "metric", "method", "n_seeds", "ranks", "best_rank", "best", "at_r_max", "auc",
-                   "min_rank_within_tol", "tolerance", "paper_auc", "paper_min_rank_within_tol"]
+                   "auc_log2", "min_rank_within_tol", "tolerance", "paper_auc", "paper_auc_log2",
+                   "paper_min_rank_within_tol"]
 
 
 def rank_summary(exp: Experiment, tolerance: float = 1.0) -> pd.DataFrame:
@@ -129,8 +116,10 @@ def _summary_row(c: pd.DataFrame, tolerance: float) -> dict[str, Any]:
         task=task, metric=metric, method=method, n_seeds=int(c["count"].max()),
         ranks=f"{c['rank'].min()}..{c['rank'].max()}", best_rank=int(best_at["rank"]), best=best_at["mean"],
         at_r_max=c["mean"].iloc[-1], auc=normalised_auc(c["rank"], c["mean"]),
+        auc_log2=normalised_auc(c["rank"], c["mean"], log2=True),
         min_rank_within_tol=min_rank_within(c["rank"], c["mean"], tolerance, lower), tolerance=tolerance,
         paper_auc=normalised_auc(theirs, theirs.values()) if full else math.nan,
+        paper_auc_log2=normalised_auc(theirs, theirs.values(), log2=True) if full else math.nan,
         paper_min_rank_within_tol=min_rank_within(theirs, theirs.values(), tolerance, lower) if full else None,
     )
 
@@ -146,6 +135,8 @@ def write_summary(exp: Experiment, dest: Path, tolerance: float) -> list[Path]:
     md += (
         "\n- Curves: mean over seeds per rank 1..r_max, Table 2 metrics (percent where the metric is a fraction).\n"
         "- auc: trapezoid area under the curve divided by the rank span (a flat curve at v gives v).\n"
+        "- auc_log2: the same over log2(rank), divided by log2(r_max / r_min): each doubling of the rank weighs "
+        "alike, so low ranks count as much as high ones (AURAC, as MatryoshkaLoRA reports it).\n"
         f"- min_rank_within_tol: the smallest rank within {tolerance:g} point(s) of the best rank's value.\n"
         f"- paper_*: the same on {paper.EACL}'s curve, where it prints every rank shown.\n\n"
     )

@@ -24,6 +24,9 @@ METHOD_ORDER = ("lora", "dylora", "dylora_frozen", "dylora_geometric", "dylora_f
 # How the tables name a method: the paper's labels, and ours for the ablations' variants.
 METHOD_LABELS = {**paper.METHODS, "dylora_geometric": "DyLoRA, geometric p_B",
                  "dylora_frozen_geometric": "DyLoRA (Frozen), geometric p_B", "dylora_sum": "DyLoRA, summed loss"}
+# A run's rows under another truncation than the paper's prefix are a method of their own in the tables
+# ("lora+svd": "LoRA + SVD"), placed after the method they were evaluated from.
+SVD = "+svd"
 SOURCES = ("ours", "paper", "delta")
 SOURCE_LABELS = {"ours": "ours", "paper": "paper", "delta": "Δ"}
 AVG = "avg"
@@ -64,12 +67,14 @@ class Experiment:
         return any(search_rank(r) is not None for r in self.used)
 
     def metrics(self) -> pd.DataFrame:
-        rows = [vars(m) for r in self.used for m in r.metrics]
+        """Every metric row of the runs used; a row under the SVD truncation as the method ``<method>+svd``."""
+        rows = [{**vars(m), "method": m.method if m.truncation == "prefix" else f"{m.method}+{m.truncation}"}
+                for r in self.used for m in r.metrics]
         return pd.DataFrame(rows, columns=["task", "method", "seed", "rank", "split", "metric", "value"])
 
     def rank_range(self, task: str, method: str) -> tuple[int, int]:
         """(r_min, r_max) from the configs; a config without them falls back to 1 and the top rank."""
-        runs = [r for r in self.used if r.task == task and r.method == method]
+        runs = [r for r in self.used if r.task == task and r.method == trained_method(method)]
         r_min = min(int(config_value(r.config, "method.r_min") or 1) for r in runs)
         r_max = max(int(config_value(r.config, "method.r_max") or max((m.rank for m in r.metrics), default=1))
                     for r in runs)
@@ -80,6 +85,11 @@ def search_rank(record: RunRecord) -> int | None:
     """The rank a LoRA run of a rank search was trained and evaluated at, alone; None for any other run."""
     r_max, ranks = config_value(record.config, "method.r_max"), config_value(record.config, "method.eval_ranks")
     return int(r_max) if record.method == "lora" and ranks == [r_max] else None
+
+
+def trained_method(method: str) -> str:
+    """The method a table's method was trained as: ``lora`` for ``lora+svd``."""
+    return method.removesuffix(SVD)
 
 
 def config_value(config: dict[str, Any], dotted: str) -> Any:
@@ -161,8 +171,12 @@ def task_order(tasks: Iterable[str]) -> list[str]:
 
 
 def method_order(methods: Iterable[str]) -> list[str]:
-    return sorted(set(methods), key=lambda m: (METHOD_ORDER.index(m) if m in METHOD_ORDER else 99, m))
+    def key(m: str) -> tuple:
+        trained = trained_method(m)
+        return (METHOD_ORDER.index(trained) if trained in METHOD_ORDER else 99, trained, m != trained)
+    return sorted(set(methods), key=key)
 
 
 def method_label(method: str) -> str:
-    return METHOD_LABELS.get(method, method)
+    trained = trained_method(method)
+    return METHOD_LABELS.get(trained, trained) + (" + SVD" if method != trained else "")

@@ -56,6 +56,10 @@ def settings_notes(exp: Experiment) -> list[str]:
     ]
     for method in method_order(r.method for r in runs):
         lines.append(_method_settings(method, [r for r in runs if r.method == method]))
+    if any(m.truncation == "svd" for r in runs for m in r.metrics):
+        lines.append("+ SVD: the same trained run with rank b taken as the top-b singular triplets of each module's "
+                     "update s(r_max)·B·A (its best rank-b approximation) instead of the first b rows of A and "
+                     "columns of B (the paper's truncation); eval.truncation=svd.")
     return lines
 
 
