@@ -414,6 +414,111 @@ def test_peft_export_of_the_svd_truncation_reproduces_its_outputs(tmp_path, make
     assert all(layer.truncation == "prefix" for _, layer in adapter_layers(model))  # the export put it back
 
 
+# ---------------------------------------------------------------------------- per-module ranks
+
+
+def hand_merged_roberta(model, ranks: dict[str, int], alpha: float = 16) -> nn.Module:
+    """A fresh tiny RoBERTa (same base and head) with each module's update alpha/b B[:, :b] A[:b], at its own
+    b, added to its weight by hand."""
+    fresh = tiny_roberta()
+    layers = dict(adapter_layers(model))
+    with torch.no_grad():
+        for name, b in ranks.items():
+            a, bb = layers[name].lora_A[0, :b], layers[name].lora_B[0, :, :b]
+            fresh.get_submodule(name).weight.add_(alpha / b * bb @ a)
+        fresh.classifier.load_state_dict(model.classifier.state_dict())
+    return fresh
+
+
+def allocation(model, seed: int = 3) -> dict[str, int]:
+    gen = torch.Generator().manual_seed(seed)
+    return {name: int(torch.randint(1, R_MAX + 1, (), generator=gen)) for name, _ in adapter_layers(model)}
+
+
+def test_a_rank_per_module_truncates_each_module_at_its_own_rank_unmerged_and_merged():
+    model = tiny_roberta()
+    add_adapters(model, AdapterConfig(r_max=R_MAX, alpha=16))
+    randomize(model)
+    ranks = allocation(model)
+    assert len(set(ranks.values())) > 1, ranks
+    ids = inputs()
+    expected = logits(hand_merged_roberta(model, ranks), ids)
+    set_rank(model, ranks)
+    assert {n: layer.rank for n, layer in adapter_layers(model)} == ranks
+    torch.testing.assert_close(logits(model, ids), expected, rtol=1e-4, atol=1e-5)
+    set_rank(model, R_MAX)
+    with merged(model, ranks):
+        torch.testing.assert_close(logits(model, ids), expected, rtol=1e-4, atol=1e-5)
+    name = next(iter(ranks))
+    with pytest.raises(ConfigError, match=r"must name every adapted module and no other: unknown \['nope'\]"):
+        set_rank(model, {**ranks, "nope": 1})
+    with pytest.raises(ConfigError, match=rf"missing \['{name}'\]"):
+        set_rank(model, {n: b for n, b in ranks.items() if n != name})
+    with pytest.raises(ConfigError, match="rank 9 is outside 1..r_max=4"):
+        set_rank(model, {**ranks, name: 9})
+
+
+@pytest.mark.parametrize("make", [tiny_roberta, tiny_gpt2], ids=["roberta", "gpt2-q-v-blocks"])
+@pytest.mark.parametrize("truncation,scaling", [("prefix", "r_max"), ("svd", "rank")])
+def test_peft_export_at_a_rank_per_module_keeps_each_modules_rank_and_scale(tmp_path, make, truncation, scaling):
+    import json
+
+    from peft import PeftModel
+
+    model = make()
+    # scaling r_max: s(b) = alpha / r_max, so PEFT's lora_alpha / r differs by module: alpha_pattern must carry it
+    add_adapters(model, AdapterConfig(r_max=R_MAX, alpha=16, scaling=scaling))
+    randomize(model)
+    ranks = allocation(model, seed=5)
+    ids = inputs()
+    with merged(model, ranks, truncation):
+        expected = logits(model, ids)
+    out = export_peft(model, ranks, tmp_path / "allocated", truncation=truncation)
+    saved = json.loads((out / "adapter_config.json").read_text())
+    assert saved["rank_pattern"] and saved["alpha_pattern"]  # the allocation has more than one rank
+    peft_model = PeftModel.from_pretrained(make(), str(out)).eval()
+    torch.testing.assert_close(logits(peft_model, ids), expected, rtol=1e-4, atol=1e-5)
+    shapes = {n: m.lora_A["default"].weight.shape[0] for n, m in peft_model.base_model.model.named_modules()
+              if hasattr(m, "lora_A") and "default" in m.lora_A}
+    slices = 2 if make is tiny_gpt2 else 1
+    assert shapes == {n: slices * b for n, b in ranks.items()}
+
+
+def test_per_module_sampling_draws_each_modules_rank_independently_from_p_b():
+    config = AdapterConfig(r_max=R_MAX, sampling="per_module", distribution="geometric", geometric_p=0.3)
+    modules = [f"m{i}" for i in range(6)]
+    schedule = rank_schedule(config, seed=7, modules=modules)
+    draws = [schedule(step) for step in range(3000)]
+    assert draws[:5] == [rank_schedule(config, seed=7, modules=modules)(s) for s in range(5)]  # reproducible
+    assert all(list(d) == modules for d in draws)
+    pmf = rank_pmf(1, R_MAX, "geometric", 0.3)
+    for name in modules[:2]:
+        counts = np.bincount([d[name] for d in draws], minlength=R_MAX + 1)[1:]
+        assert stats.chisquare(counts, pmf * len(draws)).pvalue > 1e-3
+    same = np.mean([d["m0"] == d["m1"] for d in draws])
+    assert same == pytest.approx(float(np.sum(pmf**2)), abs=0.03)  # independent draws agree by chance only
+    with pytest.raises(ConfigError, match="sampling=per_module draws a rank per module each step: it needs"):
+        AdapterConfig(method="lora", sampling="per_module")
+    with pytest.raises(ConfigError, match="sampling='layer' is not one of global, per_module"):
+        AdapterConfig(sampling="layer")
+
+
+def test_update_masking_holds_each_modules_rows_at_its_own_drawn_rank():
+    model = tiny_roberta()
+    add_adapters(model, AdapterConfig(r_max=R_MAX, update_rule="frozen", masking="update", sampling="per_module"))
+    randomize(model)
+    ranks = allocation(model, seed=11)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.05, weight_decay=0.1)
+    before = {n: layer.lora_A.detach().clone() for n, layer in adapter_layers(model)}
+    set_rank(model, ranks)
+    model(input_ids=inputs(), labels=torch.tensor([0, 1, 2])).loss.backward()
+    with hold_untrained_rows(model, [ranks]):
+        opt.step()
+    for name, layer in adapter_layers(model):
+        moved = (layer.lora_A.detach() != before[name]).any(dim=-1)[0].tolist()
+        assert moved == [i == ranks[name] - 1 for i in range(R_MAX)], name
+
+
 # ---------------------------------------------------------------------------- validation
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -172,6 +173,23 @@ def test_a_finished_run_asked_for_another_truncation_is_evaluated_without_traini
     assert svd and svd == [m for m in records.read_run(fresh).metrics if m.truncation == "svd"]
     execute(compose_spec([*args, f"out_dir={tmp_path / 'a'}", "eval.truncation=svd"]), progress=False)
     assert "skip:" in capsys.readouterr().err  # it has SVD rows now
+
+
+def test_per_module_sampling_trains_each_module_at_its_own_drawn_rank(tmp_path, glue_dir):
+    from dylora.adapters import AdapterConfig, rank_schedule
+
+    spec = compose_spec(tiny_overrides("task=sst2", f"data.glue_dir={glue_dir}", f"out_dir={tmp_path}",
+                                       "method=dylora_per_module", "method.r_max=4", "trainer.max_steps=8"))
+    assert spec.adapter.sampling == "per_module"
+    run = records.read_run(execute(spec, progress=False))
+    assert run.done and {m.rank for m in run.metrics} == {1, 2, 3, 4}
+    # the recorded rank sequence is the per-module draw of each step over the model's adapters, in model order
+    modules = ["roberta.encoder.layer.0.attention.self.query", "roberta.encoder.layer.0.attention.self.value"]
+    schedule = rank_schedule(AdapterConfig(r_max=4, sampling="per_module"), spec.seed, modules)
+    steps = [list(schedule(step).values()) for step in range(8)]
+    digest = hashlib.sha256(json.dumps(steps).encode()).hexdigest()
+    assert run.env["rank_sequence_sha256"] == [digest]
+    assert any(len(set(step)) > 1 for step in steps)  # the modules did train at different ranks
 
 
 # ---------------------------------------------------------------------------- bad input

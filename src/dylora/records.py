@@ -63,6 +63,7 @@ HASH_NEUTRAL: dict[str, Any] = {
     "trainer.tf32": False,  # resolved: false off CUDA
     "model.dtype": "fp32",
     "method.loss": "sampled",
+    "method.sampling": "global",
 }
 
 

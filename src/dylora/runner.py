@@ -22,7 +22,14 @@ import torch
 import torch.distributed as torch_dist
 
 from dylora import records
-from dylora.adapters import add_adapters, rank_schedule, save_adapter, summed_ranks, trainable_parameters
+from dylora.adapters import (
+    adapter_layers,
+    add_adapters,
+    rank_schedule,
+    save_adapter,
+    summed_ranks,
+    trainable_parameters,
+)
 from dylora.adapters.io import load_adapter, load_lora_weights
 from dylora.errors import ConfigError, RecordError, TrainingError
 from dylora.models import load_model, load_tokenizer
@@ -102,7 +109,8 @@ def _execute(spec: RunSpec, run_dir: Path, dist: Distributed, progress: bool) ->
     try:
         where = Placement(device, dist, _ddp(model, device, dist))
         callbacks = Callbacks(progress, tracker.log_step if tracker else None)
-        result = train(model, data, spec.trainer, rank_schedule(spec.adapter, spec.seed), spec.seed, where,
+        schedule = rank_schedule(spec.adapter, spec.seed, [name for name, _ in adapter_layers(model)])
+        result = train(model, data, spec.trainer, schedule, spec.seed, where,
                        run_dir / records.CHECKPOINT, callbacks, summed_ranks(spec.adapter))
         schedules = _gather(_digest(result.ranks), dist)
         if len(set(schedules)) > 1:

@@ -18,7 +18,7 @@ from dylora.sweep import normalised_auc
 class Tracker:
     """The no-op tracker; ``WandbTracker`` overrides what it records."""
 
-    def log_step(self, step: int, rank: int, loss: float) -> None: ...
+    def log_step(self, step: int, rank: int | list[int], loss: float) -> None: ...
 
     def log_rank_curve(self, rows: list[tuple[int, str, str, float]], truncation: str = "prefix") -> None: ...
 
@@ -47,8 +47,9 @@ class WandbTracker(Tracker):
             print(f"warning: W&B failed ({type(e).__name__}: {e}); continuing without it", file=sys.stderr)
             self.run = None
 
-    def log_step(self, step: int, rank: int, loss: float) -> None:
+    def log_step(self, step: int, rank: int | list[int], loss: float) -> None:
         if self.run is not None:
+            rank = rank if isinstance(rank, int) else sum(rank) / len(rank)  # a per-module draw: the mean rank
             self._guard(lambda: self.run.log({"train/loss": loss, "train/rank": rank}, step=step))
 
     def log_rank_curve(self, rows: list[tuple[int, str, str, float]], truncation: str = "prefix") -> None:

@@ -78,7 +78,7 @@ class TrainResult:
     steps: int
     seconds: float
     losses: list[float] = field(default_factory=list)
-    ranks: list[int] = field(default_factory=list)
+    ranks: list[int | list[int]] = field(default_factory=list)  # per step; a per-module draw lists each module's
 
 
 def lr_factor(step: int, total: int, warmup: int) -> float:
@@ -154,7 +154,7 @@ def train(
     while result.steps < total:
         step = result.steps
         terms = summed or [(schedule(step), 1.0)]
-        rank = max(b for b, _ in terms)  # recorded as the step's rank: the summed loss's is r_max
+        rank = _step_rank(terms)
         for group in optimizer.param_groups:
             group["lr"] = trainer.lr * lr_factor(step, total, warmup)
         micro_batches = step_indices(len(dataset), step, per_epoch, trainer, seed, lengths)
@@ -182,6 +182,14 @@ def train(
     bar.close()
     set_rank(model, adapter_config(model).r_max)
     return result
+
+
+def _step_rank(terms) -> int | list[int]:
+    """The step's rank as recorded: its one b; r_max for the summed loss; each module's b, in module order,
+    for a per-module draw."""
+    if isinstance(terms[0][0], int):
+        return max(b for b, _ in terms)
+    return list(terms[0][0].values())
 
 
 def _read_losses(pending: list[tuple[int, int, torch.Tensor]], result: TrainResult, bar, callbacks: Callbacks,

@@ -15,6 +15,9 @@ default is stated (see ../shared/reference/dylora_paper_setup.md, sections 3, 4 
 * ``loss``: ``"sampled"`` (default, the paper's Eq. 9) trains each step at one sampled b;
   ``"sum"`` (nested dropout's expected loss, the paper's Table 7) trains every step on
   sum over b in [r_min, r_max] of p_B(b) L_b: one forward and backward per rank.
+* ``sampling``: ``"global"`` (default, the paper's) draws one b per step for every module;
+  ``"per_module"`` lets each module draw its own b each step (as kohya-ss and LyCORIS do), an
+  ablation for adapters whose modules are later given ranks of their own.
 * ``masking``: how rows that must not learn are kept out. ``"gradient"`` (default) zeroes
   their gradient, as the official code does (AdamW momentum and weight decay still move
   them); ``"update"`` restores them after every optimizer step, so they stay exactly still,
@@ -34,6 +37,7 @@ DISTRIBUTIONS = ("uniform", "geometric")
 UPDATE_RULES = ("all", "frozen")
 MASKINGS = ("gradient", "update")
 LOSSES = ("sampled", "sum")
+SAMPLINGS = ("global", "per_module")
 
 
 def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
@@ -58,6 +62,7 @@ class AdapterConfig:
     update_rule: str = "all"
     masking: str = "gradient"
     loss: str = "sampled"
+    sampling: str = "global"
 
     def __post_init__(self) -> None:
         _choice("method", self.method, METHODS)
@@ -66,6 +71,10 @@ class AdapterConfig:
         _choice("update_rule", self.update_rule, UPDATE_RULES)
         _choice("masking", self.masking, MASKINGS)
         _choice("loss", self.loss, LOSSES)
+        _choice("sampling", self.sampling, SAMPLINGS)
+        if self.sampling == "per_module" and (self.method == "lora" or self.loss == "sum"):
+            raise ConfigError("sampling=per_module draws a rank per module each step: it needs method=dylora with "
+                              f"loss=sampled (got method={self.method}, loss={self.loss}); use sampling=global")
         if self.loss == "sum" and self.method == "lora":
             raise ConfigError("loss=sum sums DyLoRA's loss over the ranks; LoRA trains at r_max only: "
                               "use method.loss=sampled, or method=dylora")

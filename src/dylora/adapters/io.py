@@ -8,13 +8,16 @@ A PEFT export at rank b is a standard LoRA adapter directory (``adapter_config.j
 our s(b). GPT-2's q/v-only ``c_attn`` becomes one rank-2b adapter on the whole ``c_attn`` whose
 A stacks [A_q; A_v] and whose B is block-diagonal over the q and v output blocks (zero on k):
 exactly our update, with lora_alpha = 2 * s(b) * b. An export with ``truncation="svd"`` writes each
-module's top-b singular triplets as its factors, at the same lora_alpha.
+module's top-b singular triplets as its factors, at the same lora_alpha. An export at a rank per module
+({module: b}) writes PEFT's ``rank_pattern`` and ``alpha_pattern``, so each module keeps its own scale.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import re
+from collections import Counter
 from pathlib import Path
 
 import safetensors.torch
@@ -24,7 +27,15 @@ from torch import nn
 
 from dylora.adapters.config import AdapterConfig
 from dylora.adapters.layer import DyLoRALayer
-from dylora.adapters.model import adapter_config, adapter_layers, add_adapters, head_modules, set_truncation
+from dylora.adapters.model import (
+    Ranks,
+    adapter_config,
+    adapter_layers,
+    add_adapters,
+    head_modules,
+    module_ranks,
+    set_truncation,
+)
 from dylora.errors import ConfigError, RecordError
 from dylora.records import atomic_write_bytes
 
@@ -142,21 +153,27 @@ def _task_type(model: nn.Module) -> str | None:
     return None
 
 
-def peft_lora_config(model: nn.Module, rank: int, base_model_name_or_path: str | None = None):
-    """The peft.LoraConfig whose adapters equal ours truncated to ``rank``."""
+def peft_lora_config(model: nn.Module, rank: Ranks, base_model_name_or_path: str | None = None):
+    """The peft.LoraConfig whose adapters equal ours truncated to ``rank`` (one, or one per module: then the
+    most common rank is ``r`` and every module's own rank and alpha are in ``rank_pattern``/``alpha_pattern``,
+    keyed by its escaped full name, which PEFT matches as a regular expression)."""
     from peft import LoraConfig
 
     config = adapter_config(model)
-    config.check_rank(rank)
+    ranks = module_ranks(model, rank)
     layers = dict(adapter_layers(model))
     slices = {len(layer.out_slices) for layer in layers.values()}
     fan = {layer.fan_in_fan_out for layer in layers.values()}
     if len(slices) != 1 or len(fan) != 1:
         raise ConfigError("PEFT export needs every adapted layer to be of one kind (all Linear or all GPT-2 c_attn)")
     n = slices.pop()
+    common = Counter(ranks.values()).most_common(1)[0][0]
+    others = {name: b for name, b in ranks.items() if b != common}
     return LoraConfig(
-        r=n * rank,
-        lora_alpha=config.scale(rank) * n * rank,  # PEFT scales by lora_alpha / r
+        r=n * common,
+        lora_alpha=config.scale(common) * n * common,  # PEFT scales by lora_alpha / r
+        rank_pattern={re.escape(name): n * b for name, b in others.items()},
+        alpha_pattern={re.escape(name): config.scale(b) * n * b for name, b in others.items()},
         lora_dropout=config.dropout,
         target_modules=sorted(layers),
         fan_in_fan_out=fan.pop(),
@@ -179,13 +196,14 @@ def _peft_weights(layer: DyLoRALayer, rank: int) -> tuple[torch.Tensor, torch.Te
     return a.flatten(0, 1), big_b
 
 
-def export_peft(model: nn.Module, rank: int, out_dir: str | Path, base_model_name_or_path: str | None = None,
+def export_peft(model: nn.Module, rank: Ranks, out_dir: str | Path, base_model_name_or_path: str | None = None,
                 truncation: str = "prefix") -> Path:
-    """Write a standard PEFT LoRA adapter directory equal to our adapter at ``rank``, taken by ``truncation``
-    (``prefix`` | ``svd``), head included."""
+    """Write a standard PEFT LoRA adapter directory equal to our adapter at ``rank`` (one, or {module: b}),
+    taken by ``truncation`` (``prefix`` | ``svd``), head included."""
     from peft import get_peft_model
 
-    lora_config = peft_lora_config(model, rank, base_model_name_or_path)
+    ranks = module_ranks(model, rank)
+    lora_config = peft_lora_config(model, ranks, base_model_name_or_path)
     peft_model = get_peft_model(_base_copy(model), lora_config)
     layers = dict(adapter_layers(model))
     before = {layer.truncation for layer in layers.values()}.pop()
@@ -194,7 +212,7 @@ def export_peft(model: nn.Module, rank: int, out_dir: str | Path, base_model_nam
         with torch.no_grad():
             for name, layer in layers.items():
                 target = peft_model.base_model.model.get_submodule(name)
-                a, b = _peft_weights(layer, rank)
+                a, b = _peft_weights(layer, ranks[name])
                 target.lora_A["default"].weight.copy_(a)
                 target.lora_B["default"].weight.copy_(b)
     finally:

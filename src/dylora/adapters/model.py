@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -108,11 +108,32 @@ def head_modules(model: nn.Module) -> list[str]:
     return default_head(model) if config.modules_to_save is None else list(config.modules_to_save)
 
 
-def set_rank(model: nn.Module, rank: int) -> None:
-    """Make every adapter in ``model`` use rank ``rank`` (re-merging merged ones at it)."""
-    adapter_config(model).check_rank(rank)
-    for _, layer in adapter_layers(model):
-        layer.set_rank(rank)
+Ranks = int | Mapping[str, int]  # one rank for every adapter, or one per adapter by module name
+
+
+def module_ranks(model: nn.Module, rank: Ranks) -> dict[str, int]:
+    """``rank`` as {module name: rank} over every adapter of ``model``, checked: a mapping must name each
+    adapted module (``adapter_layers``' names) and no other, each rank in 1..r_max."""
+    names = [name for name, _ in adapter_layers(model)]
+    config = adapter_config(model)
+    if not isinstance(rank, Mapping):
+        config.check_rank(rank)
+        return dict.fromkeys(names, rank)
+    unknown, missing = sorted(set(rank) - set(names)), [n for n in names if n not in rank]
+    if unknown or missing:
+        raise ConfigError(f"per-module ranks must name every adapted module and no other: unknown {unknown[:3]}, "
+                          f"missing {missing[:3]} (adapted modules: {names[0]}, ..., {names[-1]})")
+    for value in rank.values():
+        config.check_rank(value)
+    return {name: rank[name] for name in names}
+
+
+def set_rank(model: nn.Module, rank: Ranks) -> None:
+    """Make every adapter in ``model`` use rank ``rank``, or each its own from a {module name: rank}
+    mapping (re-merging merged ones at it)."""
+    ranks = module_ranks(model, rank)
+    for name, layer in adapter_layers(model):
+        layer.set_rank(ranks[name])
 
 
 def set_truncation(model: nn.Module, truncation: str) -> None:
@@ -136,8 +157,8 @@ def get_rank(model: nn.Module) -> int:
     return ranks.pop()
 
 
-def merge(model: nn.Module, rank: int | None = None) -> None:
-    """Fold every adapter into its base weight at ``rank`` (default: the current rank)."""
+def merge(model: nn.Module, rank: Ranks | None = None) -> None:
+    """Fold every adapter into its base weight at ``rank`` (one, or one per module; default: the current rank)."""
     if rank is not None:
         set_rank(model, rank)
     for _, layer in adapter_layers(model):
@@ -150,9 +171,9 @@ def unmerge(model: nn.Module) -> None:
 
 
 @contextmanager
-def merged(model: nn.Module, rank: int, truncation: str = "prefix") -> Iterator[nn.Module]:
-    """Evaluate with weights merged at ``rank``, taken by ``truncation``; unmerged (at that rank, the
-    prefix truncation back) on exit, whatever happens."""
+def merged(model: nn.Module, rank: Ranks, truncation: str = "prefix") -> Iterator[nn.Module]:
+    """Evaluate with weights merged at ``rank`` (one, or one per module), taken by ``truncation``; unmerged
+    (at that rank, the prefix truncation back) on exit, whatever happens."""
     set_truncation(model, truncation)
     merge(model, rank)
     try:
@@ -170,21 +191,22 @@ def trainable_parameters(model: nn.Module) -> dict[str, int]:
 
 
 @contextmanager
-def hold_untrained_rows(model: nn.Module, ranks: Sequence[int] | None = None) -> Iterator[None]:
+def hold_untrained_rows(model: nn.Module, ranks: Sequence[Ranks] | None = None) -> Iterator[None]:
     """Around ``optimizer.step()``: with masking="update", rows that learn at none of ``ranks`` (default:
-    the current rank; the summed loss trains at every rank of its sum) are restored afterwards, so
-    momentum and weight decay cannot move them (the paper's Eq. 10). With masking="gradient" (the
-    official code's behaviour) it does nothing."""
+    the current rank; the summed loss trains at every rank of its sum; a per-module draw is one
+    {module: b} mapping) are restored afterwards, so momentum and weight decay cannot move them (the
+    paper's Eq. 10). With masking="gradient" (the official code's behaviour) it does nothing."""
     config = adapter_config(model)
     if config.method != "dylora" or config.masking != "update":
         yield
         return
-    layers = [layer for _, layer in adapter_layers(model)]
-    saved = [(layer.lora_A.detach().clone(), layer.lora_B.detach().clone()) for layer in layers]
+    layers = dict(adapter_layers(model))
+    per_module = [module_ranks(model, r) for r in ranks] if ranks else None
+    saved = [(layer.lora_A.detach().clone(), layer.lora_B.detach().clone()) for layer in layers.values()]
     yield
     with torch.no_grad():
-        for layer, (a, b) in zip(layers, saved):
-            trained = [layer.trained_rows(r) for r in ranks] if ranks else [layer.trained_rows()]
+        for (name, layer), (a, b) in zip(layers.items(), saved):
+            trained = [layer.trained_rows(r[name]) for r in per_module] if per_module else [layer.trained_rows()]
             keep = ~torch.stack(trained).any(dim=0)
             layer.lora_A[:, keep] = a[:, keep]
             layer.lora_B[:, :, keep] = b[:, :, keep]

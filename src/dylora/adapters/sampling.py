@@ -4,12 +4,14 @@ DyLoRA draws one b per optimisation step for the whole model (every layer, every
 gradient-accumulation micro-batch of that step). The draw is a pure function of
 (seed, step), so distributed processes agree without communicating and a resumed run draws
 the same sequence. LoRA never samples: it trains at r_max. With ``loss="sum"`` nothing is drawn:
-every step trains on every rank, its loss weighted by p_B(b) (``summed_ranks``).
+every step trains on every rank, its loss weighted by p_B(b) (``summed_ranks``). With
+``sampling="per_module"`` each module draws its own b from p_B each step: the step's rank is a
+{module: b} mapping.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -40,17 +42,31 @@ class RankSampler:
         self.seed = seed
 
     def __call__(self, step: int) -> int:
+        return int(self._generator(step).choice(self.ranks, p=self.pmf))
+
+    def per_module(self, step: int, modules: Sequence[str]) -> dict[str, int]:
+        """One independent b per module for ``step``, in the order ``modules`` are given."""
+        draws = self._generator(step).choice(self.ranks, p=self.pmf, size=len(modules))
+        return {name: int(b) for name, b in zip(modules, draws)}
+
+    def _generator(self, step: int) -> np.random.Generator:
         if step < 0:
             raise ConfigError(f"step={step} must be >= 0")
-        rng = np.random.default_rng([self.seed, step])
-        return int(rng.choice(self.ranks, p=self.pmf))
+        return np.random.default_rng([self.seed, step])
 
 
-def rank_schedule(config: AdapterConfig, seed: int) -> Callable[[int], int]:
-    """The training rank for each optimisation step: sampled for DyLoRA, r_max for LoRA."""
+def rank_schedule(config: AdapterConfig, seed: int,
+                  modules: Sequence[str] = ()) -> Callable[[int], int | dict[str, int]]:
+    """The training rank for each optimisation step: sampled for DyLoRA, r_max for LoRA; with
+    ``sampling="per_module"`` a {module: b} mapping over ``modules`` (the adapted modules' names)."""
     if config.method == "lora":
         return lambda step: config.r_max
-    return RankSampler(config.r_min, config.r_max, config.distribution, config.geometric_p, seed)
+    sampler = RankSampler(config.r_min, config.r_max, config.distribution, config.geometric_p, seed)
+    if config.sampling == "per_module":
+        if not modules:
+            raise ConfigError("sampling=per_module needs the adapted modules' names: pass modules=")
+        return lambda step: sampler.per_module(step, modules)
+    return sampler
 
 
 def summed_ranks(config: AdapterConfig) -> list[tuple[int, float]] | None:

@@ -74,8 +74,10 @@ def _method_settings(method: str, runs: list[RunRecord]) -> str:
         p_b += f" (p {setting_values(runs, 'method.geometric_p')})"
     # the summed loss only where it was used: records from before method.loss existed read unchanged
     loss = ", loss summed over ranks" if any(config_value(r.config, "method.loss") == "sum" for r in runs) else ""
+    per_module = any(config_value(r.config, "method.sampling") == "per_module" for r in runs)
+    sampling = ", a rank drawn per module each step" if per_module else ""
     return (text + f", p_B {p_b}, update rule {setting_values(runs, 'method.update_rule')}, "
-            f"masking {setting_values(runs, 'method.masking')}{loss}.")
+            f"masking {setting_values(runs, 'method.masking')}{loss}{sampling}.")
 
 
 def _setup_for(task: str) -> dict[str, Any]:
