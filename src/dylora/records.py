@@ -64,6 +64,7 @@ HASH_NEUTRAL: dict[str, Any] = {
     "model.dtype": "fp32",
     "method.loss": "sampled",
     "method.sampling": "global",
+    "data.selection_rows": None,
 }
 
 

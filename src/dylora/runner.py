@@ -158,14 +158,7 @@ def _evaluate_finished(spec: RunSpec, run_dir: Path, truncations: list[str], dev
     """Sweep the finished run's saved adapter under ``truncations`` and add the rows to its record: the
     metrics, the sweep's seconds in env.json, eval.truncation in config.yaml (every truncation it now has),
     and DONE over the whole record again."""
-    torch.manual_seed(spec.seed)
-    tokenizer = load_tokenizer(spec.model)
-    model = load_model(spec.model, tokenizer, num_labels(spec))
-    data = build_task(spec, model, tokenizer, device, run_dir)
-    load_adapter(model, run_dir / records.ADAPTER)
-    cast_frozen(model, spec.model.dtype)
-    model.to(device)
-    set_tf32(spec.trainer.tf32)
+    model, data = load_finished(spec, run_dir, device, outputs=True)
     tracker = make_tracker(spec.logger, spec.config, run_dir, run_dir.name, spec.experiment)
     try:
         rows, seconds = _sweeps(spec, model, data, truncations, tracker, progress)
@@ -184,6 +177,20 @@ def _evaluate_finished(spec: RunSpec, run_dir: Path, truncations: list[str], dev
     records.write_config(run_dir, config)
     records.mark_done(run_dir)
     say(f"done: {run_dir} (now evaluated at truncation {', '.join(done)})")
+
+
+def load_finished(spec: RunSpec, run_dir: Path, device, outputs: bool = False):
+    """(model with the run's trained adapter and head, its task's data) for the finished run ``spec`` made
+    in ``run_dir``; ``outputs``: evaluation writes its texts (NLG) into the record, as the run's own did."""
+    torch.manual_seed(spec.seed)
+    tokenizer = load_tokenizer(spec.model)
+    model = load_model(spec.model, tokenizer, num_labels(spec))
+    data = build_task(spec, model, tokenizer, device, run_dir if outputs else None)
+    load_adapter(model, run_dir / records.ADAPTER)
+    cast_frozen(model, spec.model.dtype)
+    model.to(device)
+    set_tf32(spec.trainer.tf32)
+    return model, data
 
 
 def _init_from(spec: RunSpec, model) -> None:

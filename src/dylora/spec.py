@@ -78,10 +78,12 @@ class DataSpec:
     nlg_dir: str | None = None
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
+    selection_rows: int | None = None  # the last N training rows, held out of training for dylora-allocate
 
     def __post_init__(self) -> None:
         _positive("data", "max_train_samples", self.max_train_samples, allow_none=True)
         _positive("data", "max_eval_samples", self.max_eval_samples, allow_none=True)
+        _positive("data", "selection_rows", self.selection_rows, allow_none=True)
 
 
 @dataclass

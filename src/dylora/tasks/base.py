@@ -31,6 +31,7 @@ class TaskData:
     collate: Callable[[list[dict]], dict[str, torch.Tensor]]
     evaluate: Evaluate
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None  # (logits, labels); None: the model's
+    selection: list[dict] | None = None  # training rows held out of training (data.selection_rows)
 
 
 @dataclass(frozen=True)

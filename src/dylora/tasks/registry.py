@@ -38,9 +38,16 @@ def data_files(spec) -> list:
 
 def build_task(spec, base, tokenizer, device, run_dir=None) -> TaskData:
     """The task's data. ``base`` is the model before adapters (the synthetic task's teacher needs it);
-    ``run_dir`` receives what evaluation writes besides metrics (NLG outputs per rank). Training data
+    ``run_dir`` receives what evaluation writes besides metrics (NLG outputs per rank). With
+    ``data.selection_rows`` = N the last N training rows are held out as ``selection``. Training data
     with no rows is an error, whatever the kind (it would "finish" having learnt nothing)."""
     data = task_kind(spec.task.kind).build(spec, base, tokenizer, device, run_dir)
+    held = spec.data.selection_rows
+    if held:  # the last rows, so that training keeps the order (and max_train_samples' choice) of the rest
+        if held >= len(data.train):
+            raise ConfigError(f"data.selection_rows={held} holds out every one of the {len(data.train)} training rows; "
+                              "hold out fewer (a few hundred are enough to choose ranks)")
+        data.train, data.selection = data.train[:-held], data.train[-held:]
     if not data.train:
         source = spec.data.glue_dir or spec.data.nlg_dir or "the Hugging Face hub"
         raise DataError(f"task {spec.task.name} has no training rows (read from {source}); check its training "
