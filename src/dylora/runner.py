@@ -17,9 +17,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.distributed as torch_dist
+from torch import nn
 
 from dylora import records
 from dylora.adapters import (
@@ -38,7 +40,7 @@ from dylora.spec import RunSpec
 from dylora.sweep import rank_sweep
 from dylora.tasks.registry import build_task, data_files, num_labels
 from dylora.tracking import make_tracker
-from dylora.train import Callbacks, Distributed, Placement, train
+from dylora.train import Callbacks, Distributed, Placement, TrainResult, train
 
 
 def say(message: str) -> None:
@@ -68,18 +70,21 @@ def _move_aside(run_dir: Path, why: str) -> Path:
     return aside
 
 
-def execute(spec: RunSpec, progress: bool = True) -> Path:
+def execute(spec: RunSpec, progress: bool = True, load: Callable[[nn.Module], None] | None = None) -> Path:
     """Run ``spec`` (or skip it when its record is complete) and return its run directory. The main
-    process holds the run's lock meanwhile: the same run started elsewhere waits, then skips."""
+    process holds the run's lock meanwhile: the same run started elsewhere waits, then skips. ``load``
+    replaces training: it puts an adapter trained elsewhere into the model's adapters and head, and the
+    record holds that adapter's rank curves (train_steps 0; ``dylora-adapter-curve``)."""
     run_dir = records.run_dir_for(spec.out_dir, spec.config)
     dist = _init_distributed()
     if not dist.is_main:
-        return _execute(spec, run_dir, dist, progress)
+        return _execute(spec, run_dir, dist, progress, load)
     with records.run_lock(run_dir, lambda: say(f"waiting: {run_dir} is being run by another process")):
-        return _execute(spec, run_dir, dist, progress)
+        return _execute(spec, run_dir, dist, progress, load)
 
 
-def _execute(spec: RunSpec, run_dir: Path, dist: Distributed, progress: bool) -> Path:
+def _execute(spec: RunSpec, run_dir: Path, dist: Distributed, progress: bool,
+             load: Callable[[nn.Module], None] | None) -> Path:
     # only the main process reads the data's fingerprint and moves a bad or stale record aside
     fingerprint = records.data_fingerprint(data_files(spec)) if dist.is_main else {}
     if _from_main(finished(run_dir, fingerprint) if dist.is_main else None, dist):
@@ -109,9 +114,13 @@ def _execute(spec: RunSpec, run_dir: Path, dist: Distributed, progress: bool) ->
     try:
         where = Placement(device, dist, _ddp(model, device, dist))
         callbacks = Callbacks(progress, tracker.log_step if tracker else None)
-        schedule = rank_schedule(spec.adapter, spec.seed, [name for name, _ in adapter_layers(model)])
-        result = train(model, data, spec.trainer, schedule, spec.seed, where,
-                       run_dir / records.CHECKPOINT, callbacks, summed_ranks(spec.adapter))
+        if load is None:
+            schedule = rank_schedule(spec.adapter, spec.seed, [name for name, _ in adapter_layers(model)])
+            result = train(model, data, spec.trainer, schedule, spec.seed, where,
+                           run_dir / records.CHECKPOINT, callbacks, summed_ranks(spec.adapter))
+        else:
+            load(model)
+            result = TrainResult(steps=0, seconds=0.0)
         schedules = _gather(_digest(result.ranks), dist)
         if len(set(schedules)) > 1:
             raise TrainingError(f"the processes trained with different rank sequences (sha256 {schedules}); "

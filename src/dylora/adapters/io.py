@@ -1,4 +1,5 @@
-"""Saving adapters: the full dynamic adapter as safetensors, and a fixed rank as a PEFT adapter.
+"""Saving adapters: the full dynamic adapter as safetensors, and a fixed rank as a PEFT adapter; reading
+a plain PEFT LoRA adapter into our layers (for its rank curve).
 
 The dynamic file holds every adapter's A and B at r_max, the trainable head, and the
 AdapterConfig as JSON metadata; it is read back with safetensors alone (nothing is unpickled).
@@ -18,6 +19,7 @@ import copy
 import json
 import re
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import safetensors.torch
@@ -220,3 +222,86 @@ def export_peft(model: nn.Module, rank: Ranks, out_dir: str | Path, base_model_n
     out_dir = Path(out_dir)
     peft_model.save_pretrained(str(out_dir))
     return out_dir
+
+
+# ---------------------------------------------------------------------------- reading a PEFT LoRA adapter
+
+PEFT_PREFIX = "base_model.model."
+
+
+@dataclass
+class PeftLora:
+    """A standard PEFT LoRA adapter directory, read: its rank, alpha, the adapted modules' factors and the
+    trained head (``modules_to_save``) weights, by module path in the base model."""
+
+    r: int
+    lora_alpha: float
+    factors: dict[str, tuple[torch.Tensor, torch.Tensor]]  # module -> (lora_A r x d_in, lora_B d_out x r)
+    head: dict[str, torch.Tensor]  # e.g. classifier.dense.weight -> tensor
+    base_model_name_or_path: str | None
+
+
+def read_peft_lora(directory: str | Path) -> PeftLora:
+    """Read ``adapter_config.json`` and ``adapter_model.safetensors``; a variant that is not plain LoRA at
+    one rank (DoRA, rsLoRA, per-module ranks, biases) is refused with its reason."""
+    directory = Path(directory)
+    config_path, weights_path = directory / "adapter_config.json", directory / "adapter_model.safetensors"
+    for path in (config_path, weights_path):
+        if not path.is_file():
+            raise ConfigError(f"{directory} is not a PEFT adapter directory: {path.name} is missing")
+    config = json.loads(config_path.read_text())
+    unsupported = [(config.get("peft_type") != "LORA", f"peft_type {config.get('peft_type')!r} is not LORA"),
+                   (bool(config.get("use_dora")), "DoRA (use_dora) changes the update's form"),
+                   (bool(config.get("use_rslora")), "rsLoRA (use_rslora) scales by alpha/sqrt(r)"),
+                   (bool(config.get("rank_pattern")) or bool(config.get("alpha_pattern")),
+                    "its modules have ranks or alphas of their own (rank_pattern/alpha_pattern)"),
+                   (config.get("bias", "none") != "none" or bool(config.get("lora_bias")), "it trains biases")]
+    reasons = [why for bad, why in unsupported if bad]
+    if reasons:
+        raise ConfigError(f"{directory}: a rank curve needs a plain LoRA adapter at one rank, but {'; '.join(reasons)}")
+    factors: dict[str, dict[str, torch.Tensor]] = {}
+    head = {}
+    with safe_open(str(weights_path), framework="pt") as f:
+        for key in f.keys():
+            name = key.removeprefix(PEFT_PREFIX)
+            for part in ("lora_A", "lora_B"):
+                if f".{part}." in name:
+                    factors.setdefault(name.split(f".{part}.")[0], {})[part] = f.get_tensor(key)
+                    break
+            else:
+                head[name.replace(".modules_to_save.default", "")] = f.get_tensor(key)
+    incomplete = sorted(m for m, parts in factors.items() if len(parts) != 2)
+    if not factors or incomplete:
+        raise ConfigError(f"{weights_path} holds no lora_A/lora_B pair for {incomplete or 'any module'}")
+    return PeftLora(int(config["r"]), float(config["lora_alpha"]),
+                    {m: (parts["lora_A"], parts["lora_B"]) for m, parts in factors.items()}, head,
+                    config.get("base_model_name_or_path"))
+
+
+@torch.no_grad()
+def load_peft_lora(model: nn.Module, adapter: PeftLora) -> None:
+    """Copy a PEFT adapter's factors into ``model``'s adapters (added on exactly its modules, at r_max = its
+    r) and its head weights into the head modules."""
+    layers = dict(adapter_layers(model))
+    if set(layers) != set(adapter.factors):
+        raise ConfigError(f"the model's adapted modules {sorted(layers)[:3]}... are not the adapter's "
+                          f"{sorted(adapter.factors)[:3]}...")
+    for name, (a, b) in adapter.factors.items():
+        layer = layers[name]
+        if layer.out_slices != [(0, layer.lora_B.shape[1])] or layer.fan_in_fan_out:
+            raise ConfigError(f"{name}: a PEFT adapter on a fused or Conv1D layer (GPT-2 c_attn) is not supported; "
+                              "dylora adapts that layer's q and v blocks only")
+        if layer.lora_A.shape[1:] != a.shape or layer.lora_B.shape[1:] != b.shape:
+            raise ConfigError(f"{name}: the adapter's factors {tuple(a.shape)}, {tuple(b.shape)} do not fit the "
+                              f"model's layer ({tuple(layer.lora_A.shape[1:])}, {tuple(layer.lora_B.shape[1:])}): "
+                              "is it the adapter's base model?")
+        layer.lora_A[0].copy_(a)
+        layer.lora_B[0].copy_(b)
+    heads = head_modules(model)
+    expected = {f"{h}.{k}" for h in heads for k in model.get_submodule(h).state_dict()}
+    if expected and not set(adapter.head) >= expected:
+        raise ConfigError(f"the adapter holds no trained {', '.join(heads)} weights (modules_to_save): without the "
+                          "head it was trained with, its scores would be a random head's")
+    for h in heads:
+        module = model.get_submodule(h)
+        module.load_state_dict({k[len(h) + 1:]: v for k, v in adapter.head.items() if k.startswith(h + ".")})

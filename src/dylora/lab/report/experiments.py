@@ -21,11 +21,11 @@ from dylora.records import DONE, RunRecord, iter_runs
 GLUE = ("mnli", "sst2", "mrpc", "cola", "qnli", "qqp", "rte", "stsb")  # the paper's column order
 NLG = ("e2e", "dart", "webnlg")
 METHOD_ORDER = ("lora", "dylora", "dylora_frozen", "dylora_geometric", "dylora_frozen_geometric", "dylora_sum",
-                "dylora_per_module")
+                "dylora_per_module", "peft_lora")
 # How the tables name a method: the paper's labels, and ours for the ablations' variants.
 METHOD_LABELS = {**paper.METHODS, "dylora_geometric": "DyLoRA, geometric p_B",
                  "dylora_frozen_geometric": "DyLoRA (Frozen), geometric p_B", "dylora_sum": "DyLoRA, summed loss",
-                 "dylora_per_module": "DyLoRA, rank drawn per module"}
+                 "dylora_per_module": "DyLoRA, rank drawn per module", "peft_lora": "PEFT LoRA adapter"}
 # A run's rows under another truncation than the paper's prefix are a method of their own in the tables
 # ("lora+svd": "LoRA + SVD"), placed after the method they were evaluated from.
 SVD = "+svd"

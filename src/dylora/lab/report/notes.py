@@ -67,7 +67,7 @@ def _method_settings(method: str, runs: list[RunRecord]) -> str:
     text = (f"{method_label(method)}: "
             f"r {setting_values(runs, 'method.r_min')}..{setting_values(runs, 'method.r_max')}, "
             f"alpha {setting_values(runs, 'method.alpha')}, scaling {setting_values(runs, 'method.scaling')}")
-    if method == "lora":  # p_B, update rule and masking do not apply to plain LoRA
+    if all(config_value(r.config, "method.method") == "lora" for r in runs):  # p_B, update rule, masking: DyLoRA's
         return text + "."
     p_b = setting_values(runs, "method.distribution")
     if "geometric" in p_b:

@@ -1,0 +1,101 @@
+"""``dylora-adapter-curve``: the rank curve of any PEFT LoRA adapter, as a run record like a trained run's.
+
+    dylora-adapter-curve ADAPTER_DIR model=minilm task=mrpc data.glue_dir=../shared/data/glue
+                         [model.path=DIR] [out_dir=experiments] [logger=wandb] [eval.truncation=prefix]
+                         [--export-rank B [--export-truncation svd] [--export-to DIR]]
+
+The adapter (``adapter_config.json`` + ``adapter_model.safetensors``, as PEFT's ``save_pretrained``
+writes them) is read into dylora's layers on the base model and task the overrides compose (the same
+config groups as ``dylora-run``), then evaluated at every rank 1..r, by default under both truncations
+(``prefix``: its first b rows; ``svd``: its best rank-b approximation). The record goes to
+``<out_dir>/adapter_curve/<task>/peft_lora/seed<seed>-<hash>/`` (the adapter's path and sha256 are part
+of its configuration), so ``dylora-report`` renders it as "PEFT LoRA adapter" beside any other run, and
+W&B logs it as a run. ``--export-rank B`` then writes the adapter at rank B as a smaller PEFT adapter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from dylora import records
+from dylora.adapters import TRUNCATIONS, export_peft
+from dylora.adapters.io import PeftLora, load_peft_lora, read_peft_lora
+from dylora.cli.compose import compose_config
+from dylora.errors import ConfigError, DyLoRAError, os_error_message
+from dylora.spec import RunSpec
+
+EXPERIMENT = "adapter_curve"  # the experiment name when the overrides pick none
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dylora-adapter-curve", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    p.add_argument("adapter", type=Path, help="a PEFT LoRA adapter directory")
+    p.add_argument("overrides", nargs="*", metavar="OVERRIDE", help="dylora-run overrides: model=, task=, data.*")
+    p.add_argument("--export-rank", type=int, metavar="B", help="also write the adapter at rank B as a PEFT adapter")
+    p.add_argument("--export-truncation", choices=TRUNCATIONS, default="svd",
+                   help="how the exported rank is taken (default: %(default)s, the best rank-B approximation)")
+    p.add_argument("--export-to", type=Path, metavar="DIR", help="default: <adapter>-r<B>-<truncation>")
+    return p
+
+
+def curve_spec(adapter: PeftLora, adapter_dir: Path, overrides: list[str]) -> RunSpec:
+    """The run the adapter's curve is recorded as: plain LoRA at its r and alpha on exactly its modules."""
+    config = compose_config(["method=peft_lora", "eval.truncation=[prefix,svd]", *overrides])
+    if config["experiment"] == "default":
+        config["experiment"] = EXPERIMENT
+    config["method"].update(r_max=adapter.r, r_min=1, alpha=adapter.lora_alpha, target_modules=sorted(adapter.factors))
+    weights = adapter_dir / "adapter_model.safetensors"
+    config["source_adapter"] = {"path": str(adapter_dir.resolve()), "sha256": records.sha256_file(weights)}
+    return RunSpec.from_dict(config)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from dylora.runner import execute, load_finished
+
+    args = parser().parse_intermixed_args(argv)
+    try:
+        adapter = read_peft_lora(args.adapter)
+        spec = curve_spec(adapter, args.adapter, args.overrides)
+        run_dir = execute(spec, load=lambda model: load_peft_lora(model, adapter))
+        print(curve_table(records.read_run(run_dir)))
+        print(f"wrote {run_dir}")
+        if args.export_rank is not None:
+            model, _ = load_finished(spec, run_dir, torch.device("cpu"))
+            to = args.export_to or args.adapter.with_name(
+                f"{args.adapter.name}-r{args.export_rank}-{args.export_truncation}")
+            export_peft(model, args.export_rank, to, adapter.base_model_name_or_path, args.export_truncation)
+            print(f"wrote the adapter at rank {args.export_rank} ({args.export_truncation}) to {to}")
+    except DyLoRAError as e:
+        print(f"dylora-adapter-curve: error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except OSError as e:
+        print(f"dylora-adapter-curve: error: {os_error_message(e)}", file=sys.stderr)
+        sys.exit(1)
+    except Exception as e:  # Hydra's override errors: one line, no traceback
+        if type(e).__module__.startswith(("hydra", "omegaconf")):
+            print(f"dylora-adapter-curve: error: {e}", file=sys.stderr)
+            sys.exit(1)
+        raise
+
+
+def curve_table(record: records.RunRecord) -> str:
+    """The curve as Markdown: one row per rank, a column per split, metric and truncation."""
+    columns = sorted({(m.truncation, m.split, m.metric) for m in record.metrics}, key=lambda c: (c[1], c[2], c[0]))
+    values = {(m.rank, m.truncation, m.split, m.metric): m.value for m in record.metrics}
+    ranks = sorted({m.rank for m in record.metrics})
+    if not ranks:
+        raise ConfigError(f"{record.path} has no metrics")
+    lines = ["| rank | " + " | ".join(f"{s} {m} ({t})" for t, s, m in columns) + " |",
+             "| --- |" + " --- |" * len(columns)]
+    lines += [f"| {b} | " + " | ".join(f"{values.get((b, *c), float('nan')):.4f}" for c in columns) + " |"
+              for b in ranks]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
