@@ -355,6 +355,14 @@ def test_svd_rows_are_a_method_of_their_own_in_every_table(tmp_path):
     summary = pd.read_csv(out / "summary.csv")
     assert set(summary["method"]) == {"lora", "lora+svd", "dylora", "dylora+svd"}
     assert "rank b taken as the top-b singular triplets" in (out / "table1.md").read_text()
+    # the SVD question, on Table 1's metric (MRPC accuracy), ranks 1..4, by hand
+    low = range(1, R_MAX // 2 + 1)
+    dylora = statistics.mean(table1_value("mrpc", "dylora", s, r) for s in SEEDS for r in low)
+    svd_acc = statistics.mean(100 * (value("mrpc", "lora", s, R_MAX, "validation", "accuracy") - 0.01 * (R_MAX - r))
+                              for s in SEEDS for r in low)
+    finding = (out / "finding.md").read_text()
+    assert f"MRPC (accuracy), mean over ranks 1..4: DyLoRA {dylora:.2f}, LoRA + SVD {svd_acc:.2f}" in finding
+    assert f"difference {dylora - svd_acc:+.2f}" in finding
 
 
 # ---------------------------------------------------------------------------- edge cases

@@ -7,7 +7,7 @@ from typing import Any
 
 import pandas as pd
 
-from dylora.lab.report.experiments import Experiment, task_order
+from dylora.lab.report.experiments import SVD, Experiment, method_label, task_order
 from dylora.lab.report.render import markdown_table
 from dylora.lab.report.scoring import scores
 
@@ -63,6 +63,36 @@ def _verdict(sc: pd.DataFrame, r_min: int, r_max: int, margin: float, gap: float
     return row
 
 
+SVD_RESOLUTION = 1.0  # points: a smaller difference of the low-rank means is reported as not resolved
+
+
+def svd_findings(exp: Experiment) -> list[str]:
+    """Per task with DyLoRA and LoRA + SVD rows: is DyLoRA better than the best rank-b compression of an
+    ordinary LoRA at low ranks (b <= r_max / 2)? Table 1's metric, seed means, and how many seeds agree."""
+    sc, _ = scores(exp, "table1")
+    lines = []
+    for task in task_order(sc["task"].unique()):
+        of_task = sc[sc["task"] == task]
+        if not {"dylora", "lora" + SVD} <= set(of_task["method"]):
+            continue
+        r_min, r_max = exp.rank_range(task, "dylora")
+        low = of_task[of_task["rank"].between(r_min, max(r_min, r_max // 2))]
+        means = low.groupby("method")["value"].mean()
+        per_seed = low.groupby(["method", "seed"])["value"].mean()
+        seeds = sorted(set(per_seed["dylora"].index) & set(per_seed["lora" + SVD].index))
+        ahead = sum(per_seed["dylora"][s] > per_seed["lora" + SVD][s] for s in seeds)
+        diff = means["dylora"] - means["lora" + SVD]
+        if abs(diff) < SVD_RESOLUTION:
+            answer = f"not resolved (under {SVD_RESOLUTION:g} point)"
+        else:
+            answer = "DyLoRA is better" if diff > 0 else "LoRA + SVD is better"
+        others = ", ".join(f"{method_label(m)} {means[m]:.2f}" for m in ("lora", "dylora" + SVD) if m in means)
+        lines.append(f"{task.upper()} ({of_task['metric'].iloc[0]}), mean over ranks {r_min}..{max(r_min, r_max // 2)}: "
+                     f"DyLoRA {means['dylora']:.2f}, LoRA + SVD {means['lora' + SVD]:.2f} ({others}); "
+                     f"difference {diff:+.2f}, DyLoRA ahead at {ahead} of {len(seeds)} seed(s): {answer}.")
+    return lines
+
+
 def _seed_text(seed: int, verdict: dict[str, Any]) -> str:
     failed = [name for check, name in CHECKS.items() if not verdict[check]]
     return f"{seed} yes" if verdict["holds"] else f"{seed} no ({', '.join(failed)})"
@@ -106,5 +136,11 @@ def write_finding(exp: Experiment, dest: Path, margin: float = 3.0, gap: float =
     )
     if ablations:
         md += "\n## The ablations' claims\n\n" + "".join(f"- {line}\n" for line in ablations)
+    svd = svd_findings(exp)
+    if svd:
+        md += ("\n## Does DyLoRA beat LoRA compressed by SVD at low ranks?\n\n"
+               "LoRA + SVD: the same LoRA run with rank b taken as the best rank-b approximation of its update, "
+               "a post-hoc compression the paper does not compare with. Table 1's metric, mean over seeds.\n\n"
+               + "".join(f"- {line}\n" for line in svd))
     paths[1].write_text(md)
     return paths
