@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import math
 import sys
 from pathlib import Path
@@ -202,8 +201,9 @@ def write_outputs(args, spec: RunSpec, found, points: list[dict], cost: dict) ->
              "| budget | uniform rank | uniform | allocated avg rank | allocated params | allocated | Δ |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for p in points:
-        lines.append(f"| {p['budget']} | {p['uniform_rank']} | {p['uniform']:.4f} | {p['allocated_average_rank']:.2f} | "
-                     f"{p['allocated_parameters']} | {p['allocated']:.4f} | {p['allocated'] - p['uniform']:+.4f} |")
+        lines.append(f"| {p['budget']} | {p['uniform_rank']} | {p['uniform']:.4f} | "
+                     f"{p['allocated_average_rank']:.2f} | {p['allocated_parameters']} | {p['allocated']:.4f} | "
+                     f"{p['allocated'] - p['uniform']:+.4f} |")
     records.atomic_write_text(out / "budget.md", "\n".join(lines) + "\n")
     fig, ax = plt.subplots(figsize=(6, 4))
     for kind, x in (("uniform", "uniform_parameters"), ("allocated", "allocated_parameters")):

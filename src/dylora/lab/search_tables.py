@@ -208,7 +208,8 @@ def search_costs(exp: Experiment) -> list:
 
     seed = min(r.seed for r in exp.used)
     exp.issues += [Issue(r.task, r.method, r.seed, "unused", f"{r.path.name}: the search tables take one seed "
-                         f"({seed}); report another seed from an out_dir of its own") for r in exp.used if r.seed != seed]
+                         f"({seed}); report another seed from an out_dir of its own")
+                   for r in exp.used if r.seed != seed]
     runs = [r for r in exp.used if r.seed == seed]
     costs = []
     for task in task_order(r.task for r in runs):

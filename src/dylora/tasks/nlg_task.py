@@ -12,8 +12,9 @@ at b), post-processes hypotheses and references as LoRA's ``gpt2_decode.py`` and
 Values are recorded as those functions return them; ``dylora.lab.report`` scales them per task.
 WebNLG is scored on each category subset as its own split (``test_all``, ``test_seen``,
 ``test_unseen``). The scored hypotheses are saved as ``<run_dir>/outputs/rank<b>.<split>.txt``
-(``rank<b>.svd.<split>.txt`` under the SVD truncation; one line per item) beside ``<split>.references.txt`` (each item's references, then a blank line:
-the E2E scorer's multi-reference format), so the official scorers can be run on them.
+(``rank<b>.svd.<split>.txt`` under the SVD truncation; one line per item) beside
+``<split>.references.txt`` (each item's references, then a blank line: the E2E scorer's
+multi-reference format), so the official scorers can be run on them.
 """
 
 from __future__ import annotations

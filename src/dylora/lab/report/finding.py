@@ -76,7 +76,8 @@ def svd_findings(exp: Experiment) -> list[str]:
         if not {"dylora", "lora" + SVD} <= set(of_task["method"]):
             continue
         r_min, r_max = exp.rank_range(task, "dylora")
-        low = of_task[of_task["rank"].between(r_min, max(r_min, r_max // 2))]
+        top = max(r_min, r_max // 2)  # the low half of the ranks
+        low = of_task[of_task["rank"].between(r_min, top)]
         means = low.groupby("method")["value"].mean()
         per_seed = low.groupby(["method", "seed"])["value"].mean()
         seeds = sorted(set(per_seed["dylora"].index) & set(per_seed["lora" + SVD].index))
@@ -87,7 +88,7 @@ def svd_findings(exp: Experiment) -> list[str]:
         else:
             answer = "DyLoRA is better" if diff > 0 else "LoRA + SVD is better"
         others = ", ".join(f"{method_label(m)} {means[m]:.2f}" for m in ("lora", "dylora" + SVD) if m in means)
-        lines.append(f"{task.upper()} ({of_task['metric'].iloc[0]}), mean over ranks {r_min}..{max(r_min, r_max // 2)}: "
+        lines.append(f"{task.upper()} ({of_task['metric'].iloc[0]}), mean over ranks {r_min}..{top}: "
                      f"DyLoRA {means['dylora']:.2f}, LoRA + SVD {means['lora' + SVD]:.2f} ({others}); "
                      f"difference {diff:+.2f}, DyLoRA ahead at {ahead} of {len(seeds)} seed(s): {answer}.")
     return lines
