@@ -10,7 +10,7 @@ REPORT  := $(PY) -m dylora.cli.report
 
 .PHONY: setup java models lint test test-fast demo clean reproduce-table1 reproduce-table1-cpu \
   reproduce-table1-mpnet-cpu reproduce-table4 reproduce-table4-cpu reproduce-table7 reproduce-table7-cpu \
-  reproduce-search reproduce-search-cpu reproduce-paper reproduce-paper-cpu search-cost bench
+  reproduce-search reproduce-search-cpu reproduce-paper reproduce-paper-cpu reproduce-allocate-cpu search-cost bench
 
 setup: $(STAMP) java
 
@@ -152,6 +152,19 @@ else
 	  $(SEARCH) $(SEARCH_ARGS) $(SEARCH_GRID) --results $(OUT_DIR)/.search-tables)
 	$(REPORT) experiment=$(EXPERIMENT) out_dir=$(OUT_DIR) results_dir=$(RESULTS_DIR)
 endif
+
+## reproduce-allocate-cpu: beyond the paper, a rank per module under a budget (dylora-allocate) on MiniLM
+## DyLoRA runs that hold 256 training rows out for the search (MRPC, STS-B; seed 42; about 15 min):
+## the budget curves, uniform vs allocated ranks, in RESULTS_DIR/allocate_cpu/<task>/
+ALLOCATE := $(PY) -m dylora.cli.allocate
+reproduce-allocate-cpu: TASKS ?= mrpc stsb
+reproduce-allocate-cpu: GLUE_DIR ?= ../shared/data/glue
+reproduce-allocate-cpu: export OMP_NUM_THREADS ?= 1
+reproduce-allocate-cpu: $(STAMP)
+	$(RUN) -m experiment=allocate_cpu method=dylora task=$(subst $(_empty) ,$(_comma),$(strip $(TASKS))) \
+	  data.glue_dir=$(GLUE_DIR) out_dir=$(OUT_DIR) hydra/launcher=local_parallel hydra.launcher.n_jobs=2 $(OVERRIDES)
+	for task in $(TASKS); do for run in $(OUT_DIR)/allocate_cpu/$$task/dylora/seed*-*/; do \
+	  $(ALLOCATE) $$run --out $(RESULTS_DIR)/allocate_cpu/$$task data.glue_dir=$(GLUE_DIR) || exit 1; done; done
 
 ## reproduce-paper[-cpu]: every EACL table the paper's GLUE experiments have beyond Table 2 (Tables
 ## 1 and 5, 4, 7; Table 2 and the workshop Table 1 are reproduce-table1[-cpu]): one plan and cost

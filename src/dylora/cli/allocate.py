@@ -182,7 +182,7 @@ def write_outputs(args, spec: RunSpec, found, points: list[dict], cost: dict) ->
 
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    summary = {"run_dir": str(args.run_dir), "task": spec.task.name, "method": spec.method_name,
+    summary = {"run": args.run_dir.resolve().name, "task": spec.task.name, "method": spec.method_name,
                "truncation": args.truncation, "search": cost,
                "profile": {"at_r_max": found.at_r_max, "loss": found.loss}, "budgets": points}
     records.atomic_write_json(out / "allocation.json", summary)
