@@ -1,6 +1,9 @@
 """Errors a user can act on. The CLIs print their message alone, without a traceback."""
 
 import errno
+import sys
+from contextlib import contextmanager
+from typing import Iterator
 
 
 class DyLoRAError(Exception):
@@ -43,3 +46,25 @@ def os_error_message(e: OSError) -> str:
     where = f" at {e.filename}" if e.filename else ""
     fix = _FIXES.get(e.errno, "check that path, then run the same command again")
     return f"file system error{where}: {e.strerror or e}; {fix}"
+
+
+@contextmanager
+def one_line_errors(prog: str) -> Iterator[None]:
+    """A command's failures that the user can act on, as one line on stderr and exit status 1: dylora's own
+    errors, the environment's (``os_error_message``) and Hydra's override errors; anything else is a bug and
+    keeps its traceback."""
+    try:
+        yield
+    except DyLoRAError as e:
+        _exit(prog, str(e))
+    except OSError as e:
+        _exit(prog, os_error_message(e))
+    except Exception as e:
+        if type(e).__module__.startswith(("hydra", "omegaconf")):
+            _exit(prog, str(e))
+        raise
+
+
+def _exit(prog: str, message: str) -> None:
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    sys.exit(1)

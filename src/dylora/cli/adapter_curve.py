@@ -16,7 +16,6 @@ W&B logs it as a run. ``--export-rank B`` then writes the adapter at rank B as a
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
@@ -25,7 +24,7 @@ from dylora import records
 from dylora.adapters import TRUNCATIONS, export_peft
 from dylora.adapters.io import PeftLora, load_peft_lora, read_peft_lora
 from dylora.cli.compose import compose_config
-from dylora.errors import ConfigError, DyLoRAError, os_error_message
+from dylora.errors import ConfigError, one_line_errors
 from dylora.spec import RunSpec
 
 EXPERIMENT = "adapter_curve"  # the experiment name when the overrides pick none
@@ -58,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     from dylora.runner import execute, load_finished
 
     args = parser().parse_intermixed_args(argv)
-    try:
+    with one_line_errors("dylora-adapter-curve"):
         adapter = read_peft_lora(args.adapter)
         spec = curve_spec(adapter, args.adapter, args.overrides)
         run_dir = execute(spec, load=lambda model: load_peft_lora(model, adapter))
@@ -70,17 +69,6 @@ def main(argv: list[str] | None = None) -> None:
                 f"{args.adapter.name}-r{args.export_rank}-{args.export_truncation}")
             export_peft(model, args.export_rank, to, adapter.base_model_name_or_path, args.export_truncation)
             print(f"wrote the adapter at rank {args.export_rank} ({args.export_truncation}) to {to}")
-    except DyLoRAError as e:
-        print(f"dylora-adapter-curve: error: {e}", file=sys.stderr)
-        sys.exit(1)
-    except OSError as e:
-        print(f"dylora-adapter-curve: error: {os_error_message(e)}", file=sys.stderr)
-        sys.exit(1)
-    except Exception as e:  # Hydra's override errors: one line, no traceback
-        if type(e).__module__.startswith(("hydra", "omegaconf")):
-            print(f"dylora-adapter-curve: error: {e}", file=sys.stderr)
-            sys.exit(1)
-        raise
 
 
 def curve_table(record: records.RunRecord) -> str:

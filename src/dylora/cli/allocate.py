@@ -29,7 +29,7 @@ import yaml
 from dylora import records
 from dylora.adapters import TRUNCATIONS, export_peft, merged
 from dylora.allocation import allocate, budget_of, mean_loss, parameters, profile, unit_costs
-from dylora.errors import ConfigError, DyLoRAError, os_error_message
+from dylora.errors import ConfigError, one_line_errors
 from dylora.precision import autocast
 from dylora.spec import RunSpec
 from dylora.tasks.registry import table_metric
@@ -220,14 +220,8 @@ def write_outputs(args, spec: RunSpec, found, points: list[dict], cost: dict) ->
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_intermixed_args(argv)
     args.out = args.out or Path("allocations") / args.run_dir.name
-    try:
+    with one_line_errors("dylora-allocate"):
         out = run(args)
-    except DyLoRAError as e:
-        print(f"dylora-allocate: error: {e}", file=sys.stderr)
-        sys.exit(1)
-    except OSError as e:
-        print(f"dylora-allocate: error: {os_error_message(e)}", file=sys.stderr)
-        sys.exit(1)
     print((out / "budget.md").read_text())
     print(f"wrote {out}")
 

@@ -23,14 +23,13 @@ import argparse
 import csv
 import io
 import math
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 from dylora import records
 from dylora.cli.compose import compose_config
-from dylora.errors import ConfigError, DyLoRAError, RecordError
+from dylora.errors import ConfigError, RecordError, one_line_errors
 from dylora.spec import RunSpec
 
 RESULTS_DIR = Path("results") / "search_cost"
@@ -296,16 +295,8 @@ def _ranks(text: str) -> list[int] | str:
 
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_intermixed_args(argv)
-    try:
+    with one_line_errors("search_cost"):
         costs, paths = run(args.overrides, args.results, args.split, args.metric, args.ranks, args.paper_tables)
-    except DyLoRAError as e:
-        print(f"search_cost: error: {e}", file=sys.stderr)
-        sys.exit(1)
-    except Exception as e:  # Hydra's override errors: one line, no traceback
-        if type(e).__module__.startswith(("hydra", "omegaconf")):
-            print(f"search_cost: error: {e}", file=sys.stderr)
-            sys.exit(1)
-        raise
     for cost in costs:
         print(markdown(cost))
     print("wrote " + ", ".join(str(p) for p in paths))
