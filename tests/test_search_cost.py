@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -136,15 +137,15 @@ def _paper_search_costs(tmp_path, dylora_mrpc: float) -> list[SearchCost]:
               "cola": dict(zip(ranks, (0.40, 0.52, 0.50, 0.49, 0.47, 0.45)))}
     costs = []
     for task, metric in (("mrpc", "accuracy"), ("cola", "matthews_correlation")):
-        def run_dir(name):
+        def run_dir(name, method="lora"):
             path = tmp_path / task / name
-            write_config(path, {"model": {"name": "minilm"}, "preset": "cpu", "seed": 42,
+            write_config(path, {"model": {"name": "minilm"}, "method": {"name": method}, "preset": "cpu", "seed": 42,
                                 "trainer": {"precision": "bf16"}})
             return str(path)
         lora = [RunCost("lora", r, 100.0 + r, 5.0, r, values[task][r], run_dir(f"lora{r}")) for r in ranks]
         best = dylora_mrpc if task == "mrpc" else 0.51
         costs.append(SearchCost(task, "validation", metric, 32, lora, RunCost("dylora", 32, 110.0, 60.0, 5, best,
-                                                                               run_dir("dylora"))))
+                                                                               run_dir("dylora", "dylora_frozen"))))
     return costs
 
 
@@ -181,8 +182,23 @@ def test_table5_sets_the_measured_cost_ratio_beside_the_papers_count_of_training
     finding = (tmp_path / "near" / "finding.md").read_text()
     assert "MRPC r_max 32, DyLoRA's chosen rank scores within 1 point" in finding
     assert f"gap +0.50, ratio {trained / 110.0:.2f}x: shown." in finding
+    dylora = next(r for r in rows if r["task"] == "mrpc" and r["source"] == "ours" and r["search"] != "LoRA (Search)")
+    assert dylora["search"] == "DyLoRA (Frozen)"  # the run's own method, as the paper's row names it
     write_paper_tables(_paper_search_costs(tmp_path, 0.80), tmp_path / "far")  # DyLoRA 7 points short
-    assert "gap +7.00" in (far := (tmp_path / "far" / "finding.md").read_text()) and "not shown (DyLoRA trails" in far
+    far = (tmp_path / "far" / "finding.md").read_text()
+    assert "gap +7.00" in far and "not shown (DyLoRA trails the search's best by 7.00 points" in far
+    assert "ratio is under" not in far  # the cost part holds: only the gap is named
+
+
+def test_table5_names_every_part_of_the_claim_that_fails(tmp_path):
+    from dylora.lab.search_tables import write_paper_tables
+
+    costs = _paper_search_costs(tmp_path, 0.80)  # 7 points short, and made as dear as 6 LoRA trainings
+    costs = [replace(c, dylora=replace(c.dylora, train_seconds=sum(r.train_seconds for r in c.lora))) for c in costs]
+    write_paper_tables(costs, tmp_path / "out")
+    mrpc = next(line for line in (tmp_path / "out" / "finding.md").read_text().splitlines() if "MRPC r_max" in line)
+    assert "ratio 1.00x: not shown (DyLoRA trails the search's best by 7.00 points" in mrpc
+    assert "the measured ratio is under 0.9 x 6 = 5.4" in mrpc
 
 
 @pytest.mark.slow
@@ -208,3 +224,18 @@ def test_dylora_report_writes_a_search_experiments_tables_from_its_records(tmp_p
     measured_rows = list(csv.DictReader((measured / "search_cost_synthetic_r4.csv").open()))
     assert [r["run_dir"] for r in rows] == [str(Path(r["run_dir"]).relative_to(out)) for r in measured_rows]
     assert [{**r, "run_dir": ""} for r in rows] == [{**r, "run_dir": ""} for r in measured_rows]
+
+
+def test_a_search_picks_ranks_by_the_papers_prefix_truncation_only(tmp_path):
+    from dylora import records
+    from dylora.records import MetricRow
+
+    run = tmp_path / "run"
+    records.write_config(run, {"method": {"name": "dylora"}})
+    rows = [MetricRow("mrpc", "dylora", 42, rank, "validation", "f1", value, truncation)
+            for rank, value, truncation in ((1, 0.70, "prefix"), (2, 0.75, "prefix"), (1, 0.90, "svd"))]
+    records.write_metrics(run, rows)
+    records.write_env(run, {"train_seconds": 10.0, "sweep_seconds": 2.0})
+    records.mark_done(run)
+    cost = search_cost.run_cost(run, "dylora", 2, "validation", "f1")
+    assert (cost.best_rank, cost.best_value) == (2, 0.75)  # the higher SVD row at rank 1 is not the search's
