@@ -444,6 +444,22 @@ def test_table7_sets_the_summed_loss_beside_the_sampled_one_by_metric_and_traini
             f"training time): ours {gain:+.2f} at {4200 / 620:.2f}x the training time: shown.") in finding
 
 
+def test_table7_does_not_judge_the_loss_when_a_run_scores_one_value_at_every_rank(tmp_path):
+    for method in ("dylora", "dylora_sum"):
+        run_dir = write_run(tmp_path, "cola", method, 0)
+        if method == "dylora":  # the adapter changes nothing: MCC 0 at every rank, as a run stuck on one class
+            write_metrics(run_dir, [MetricRow("cola", method, 0, r, "validation", "matthews_correlation", 0.0)
+                                    for r in range(1, R_MAX + 1)])
+        write_env(run_dir, {"train_seconds": 100.0, "sweep_seconds": 9.0})
+        mark_done(run_dir)
+    report.build_report(tmp_path, tmp_path / "results")
+    finding = (tmp_path / "results" / EXPERIMENT / "finding.md").read_text()
+    line = next(x for x in finding.splitlines() if x.startswith("- Table 7, CoLA"))
+    assert line.endswith(": not resolved (DyLoRA scores 0.00 at every rank: that run did not learn the task).")
+    gain = statistics.mean(table2_value("cola", "dylora_sum", 0, r) for r in range(1, R_MAX + 1))
+    assert f"ours {gain:+.2f}" in line and gain >= 1.0  # the gain alone would have read "shown"
+
+
 def test_incomplete_superseded_corrupted_and_unreadable_runs_are_reported(tmp_path):
     write_run(tmp_path, "cola", "dylora", 0, ranks=[1, 2, 4])  # rank 3 and 5..8 never evaluated
     old = write_run(tmp_path, "cola", "lora", 0)

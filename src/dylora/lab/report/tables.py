@@ -17,6 +17,7 @@ from dylora.lab.report.experiments import (
     SOURCES,
     Experiment,
     Issue,
+    method_label,
     method_order,
     task_order,
 )
@@ -37,6 +38,8 @@ class Table:
     labels: dict[str, str] = field(default_factory=dict)  # column -> header
     avg: bool = True
     csv_columns: list[str] = field(default_factory=lambda: list(CSV_COLUMNS))
+    # (task, method) whose every seed scores one value at every rank: the adapter changes nothing there
+    flat: dict[tuple[str, str], float] = field(default_factory=dict)
 
 
 # A row function yields, per (task, method) group: (sort key, row label, the paper's rank label, value per seed).
@@ -239,13 +242,15 @@ def table7(exp: Experiment) -> Table:
     """One sampled rank per step vs the summed loss: the average over ranks and the measured training time."""
     runs = Experiment(exp.name, exp.runs, [r for r in exp.used if r.method in TABLE7_METHODS], exp.issues)
     sc, issues = scores(runs, "table2")
-    cells = []
+    cells, flat = [], {}
     for (task, method), g in sc.groupby(["task", "method"], sort=False):
         r_min, r_max = runs.rank_range(str(task), str(method))
         seconds = {r.seed: float(r.env["train_seconds"]) for r in runs.used
                    if (r.task, r.method) == (task, method) and "train_seconds" in r.env}
-        rows = [(f"avg {r_min}..{r_max}", f"avg_{r_min}_{r_max}",
-                 g[g["rank"].between(r_min, r_max)].groupby("seed")["value"].mean()),
+        swept = g[g["rank"].between(r_min, r_max)]
+        if (swept.groupby("seed")["value"].nunique() == 1).all():
+            flat[(str(task), str(method))] = float(swept["value"].mean())
+        rows = [(f"avg {r_min}..{r_max}", f"avg_{r_min}_{r_max}", swept.groupby("seed")["value"].mean()),
                 ("training s", f"rmax_{r_max}", pd.Series(seconds, dtype=float))]
         for key, (label, paper_rank, per_seed) in enumerate(rows):
             base = dict(method=method, row=label, key=key, paper_rank=paper_rank, task=task, best=False)
@@ -258,7 +263,8 @@ def table7(exp: Experiment) -> Table:
                     cells.append(dict(base, source="delta", mean=mean - entry.value, std=math.nan, n_seeds=math.nan))
     frame = pd.DataFrame(cells, columns=CSV_COLUMNS + ["key", "paper_rank"])
     table = Table("table7", f"Table 7 ({exp.name}): one sampled rank per step vs the summed loss",
-                  _sorted(frame) if cells else frame, task_order(sc["task"].unique()), issues=issues, avg=False)
+                  _sorted(frame) if cells else frame, task_order(sc["task"].unique()), issues=issues, avg=False,
+                  flat=flat)
     table.notes = [
         "Rows: the average of the EACL Table 2 metric over ranks r_min..r_max (percent), and the measured "
         "training time in seconds (train_seconds in env.json; the rank sweep excluded).",
@@ -326,8 +332,12 @@ def table7_findings(table: Table) -> list[str]:
 
         paper_part = f"paper {gain['paper']:+.2f} at {times('paper')}" if math.isfinite(gain["paper"]) else \
             "paper: not shown"
+        flat = [f"{method_label(m)} scores {table.flat[(task, m)]:.2f} at every rank" for m in TABLE7_METHODS
+                if (task, m) in table.flat]
+        # a run whose adapter changes nothing at any rank did not learn the task: no loss is compared there
+        said = f"not resolved ({'; '.join(flat)}: that run did not learn the task)" if flat else verdict(gain["ours"])
         lines.append(f"Table 7, {paper.TASKS.get(task, task)}: the summed loss scores higher on the average over "
-                     f"ranks ({paper_part}): ours {gain['ours']:+.2f} at {times('ours')}: {verdict(gain['ours'])}.")
+                     f"ranks ({paper_part}): ours {gain['ours']:+.2f} at {times('ours')}: {said}.")
     return lines
 
 
