@@ -226,7 +226,7 @@ def test_dylora_report_writes_a_search_experiments_tables_from_its_records(tmp_p
     assert [{**r, "run_dir": ""} for r in rows] == [{**r, "run_dir": ""} for r in measured_rows]
 
 
-def test_a_search_picks_ranks_by_the_papers_prefix_truncation_only(tmp_path):
+def test_a_search_reads_a_record_without_weights_and_picks_ranks_by_prefix_truncation_only(tmp_path):
     from dylora import records
     from dylora.records import MetricRow
 
@@ -236,6 +236,8 @@ def test_a_search_picks_ranks_by_the_papers_prefix_truncation_only(tmp_path):
             for rank, value, truncation in ((1, 0.70, "prefix"), (2, 0.75, "prefix"), (1, 0.90, "svd"))]
     records.write_metrics(run, rows)
     records.write_env(run, {"train_seconds": 10.0, "sweep_seconds": 2.0})
+    (run / records.ADAPTER).write_bytes(b"weights")
     records.mark_done(run)
+    (run / records.ADAPTER).unlink()  # as a record is committed: without its weights
     cost = search_cost.run_cost(run, "dylora", 2, "validation", "f1")
     assert (cost.best_rank, cost.best_value) == (2, 0.75)  # the higher SVD row at rank 1 is not the search's

@@ -142,7 +142,7 @@ def search_configs(overrides: list[str], ranks: Sequence[int] | str | None = Non
 
 def run_cost(run_dir: Path, method: str, r_max: int, split: str, metric: str) -> RunCost:
     """The measured seconds and the best (rank, value) of ``metric`` on ``split`` of one finished run."""
-    record = records.read_run(run_dir)
+    record = records.read_run(run_dir, weights=False)  # metrics and seconds only: committed records lack weights
     if not record.done:
         raise RecordError(f"{run_dir} is not a finished run ({record.problem})")
     env = record.env
