@@ -14,11 +14,15 @@ import torch
 from dylora import records
 from dylora.cli.compose import compose_spec
 from dylora.errors import RecordError
+from dylora.lab.report.experiments import search_rank
+from dylora.lab.search_cost import lora_config
 from dylora.runner import execute
 from helpers import REPO, tiny_overrides
 
-# the committed run records: folder -> how many (MPNet's are committed without their adapter weights)
-COMMITTED = {REPO / "results" / "table1_cpu" / "records": 36, REPO / "results" / "table1_mpnet_cpu" / "records": 8}
+# the committed run records: folder -> how many (all but table1_cpu's without their adapter weights)
+COMMITTED = {REPO / "results" / name / "records": count for name, count in
+             (("table1_cpu", 36), ("table1_mpnet_cpu", 8), ("search_eacl_cpu", 14), ("table4_cpu", 8),
+              ("table7_cpu", 2))}
 
 
 def _committed_runs() -> list:
@@ -31,10 +35,14 @@ def _committed_runs() -> list:
 
 
 def _recompose(record: records.RunRecord, *extra: str) -> dict:
-    """The configuration a run gets today (conf/ and RunSpec) from the overrides that made ``record``."""
+    """The configuration a run gets today (conf/ and RunSpec) from the overrides that made ``record``; a rank
+    search's LoRA run from its experiment's DyLoRA config, as ``search_cost`` makes it."""
     c = record.config
-    return compose_spec([f"experiment={c['experiment']}", f"task={c['task']['name']}", f"method={c['method']['name']}",
-                         f"seed={c['seed']}", f"data.glue_dir={c['data']['glue_dir']}", *extra]).config
+    rank = search_rank(record)
+    method = [] if rank is not None else [f"method={c['method']['name']}"]
+    config = compose_spec([f"experiment={c['experiment']}", f"task={c['task']['name']}", *method,
+                           f"seed={c['seed']}", f"data.glue_dir={c['data']['glue_dir']}", *extra]).config
+    return config if rank is None else lora_config(config, rank)
 
 
 def _with_option(config: dict, value: str) -> dict:
