@@ -7,6 +7,7 @@ from typing import Any
 
 import pandas as pd
 
+from dylora.lab import paper
 from dylora.lab.report.experiments import SVD, Experiment, method_label, task_order
 from dylora.lab.report.render import markdown_table
 from dylora.lab.report.scoring import scores
@@ -88,7 +89,7 @@ def svd_findings(exp: Experiment) -> list[str]:
         else:
             answer = "DyLoRA is better" if diff > 0 else "LoRA + SVD is better"
         others = ", ".join(f"{method_label(m)} {means[m]:.2f}" for m in ("lora", "dylora" + SVD) if m in means)
-        lines.append(f"{task.upper()} ({of_task['metric'].iloc[0]}), mean over ranks {r_min}..{top}: "
+        lines.append(f"{paper.TASKS.get(task, task)} ({of_task['metric'].iloc[0]}), mean over ranks {r_min}..{top}: "
                      f"DyLoRA {means['dylora']:.2f}, LoRA + SVD {means['lora' + SVD]:.2f} ({others}); "
                      f"difference {diff:+.2f}, DyLoRA ahead at {ahead} of {len(seeds)} seed(s): {answer}.")
     return lines
