@@ -19,10 +19,10 @@ from dylora.lab.search_cost import lora_config
 from dylora.runner import execute
 from helpers import REPO, tiny_overrides
 
-# the committed run records: folder -> how many (all but table1_cpu's without their adapter weights)
+# the committed run records: folder -> how many (all but table1_cpu's and allocate_cpu's without their adapter weights)
 COMMITTED = {REPO / "results" / name / "records": count for name, count in
              (("table1_cpu", 36), ("table1_mpnet_cpu", 8), ("search_eacl_cpu", 14), ("table4_cpu", 8),
-              ("table7_cpu", 2))}
+              ("table7_cpu", 2), ("allocate_cpu", 2))}
 
 
 def _committed_runs() -> list:
