@@ -66,9 +66,10 @@ clean:
 ## reproduce-table1-mpnet-cpu: the same on MPNet-base (make models first) with the cpu_base preset,
 ## LoRA and DyLoRA, seed 42, about two hours (results/table1_mpnet_cpu/CALIBRATION.md).
 ## reproduce-table4[-cpu]: the paper's Table 4, p_B (uniform, geometric 0.15) x update rule (rows
-## 1..b, row b); -cpu on MRPC and STS-B, MiniLM, seed 42 (about 20 min).
+## 1..b, row b); -cpu on MRPC and STS-B, MiniLM, seed 42 (31 min measured).
 ## reproduce-table7[-cpu]: the paper's Table 7, one sampled rank per step vs the summed loss, on
-## CoLA with fewer epochs; -cpu on MiniLM, seed 42 (about 20 min).
+## CoLA with fewer epochs; -cpu on MiniLM, seed 42, 2 epochs (14 min measured);
+## EXPERIMENT=table7_cpu_6ep: the same at the cpu preset's 6 CoLA epochs (TABLE7_6EP_MIN min measured).
 OUT_DIR     ?= experiments
 RESULTS_DIR ?= results
 OVERRIDES   ?=
@@ -122,7 +123,7 @@ endif
 ## reproduce-search[-cpu]: EACL Tables 1 and 5, LoRA trained separately at ranks 1, 2, 4, .., r_max
 ## against one DyLoRA (Frozen) run, measured (dylora.lab.search_cost): the paper's
 ## setting (QQP SST-2 MRPC CoLA, r_max 32 and 64; GPUs), or MiniLM on MRPC and CoLA at r_max 32
-## (-cpu: the tasks side by side, one thread each; about an hour). dylora-report writes the tables
+## (-cpu: the tasks side by side, one thread each; 37 min measured). dylora-report writes the tables
 ## from the run records into RESULTS_DIR/EXPERIMENT.
 reproduce-search: TASKS ?= qqp sst2 mrpc cola
 reproduce-search: R_MAX ?= 32 64
@@ -154,7 +155,7 @@ else
 endif
 
 ## reproduce-allocate-cpu: beyond the paper, a rank per module under a budget (dylora-allocate) on MiniLM
-## DyLoRA runs that hold 256 training rows out for the search (MRPC, STS-B; seed 42; about 15 min):
+## DyLoRA runs that hold 256 training rows out for the search (MRPC, STS-B; seed 42; about 20 min):
 ## the budget curves, uniform vs allocated ranks, in RESULTS_DIR/allocate_cpu/<task>/
 ALLOCATE := $(PY) -m dylora.cli.allocate
 reproduce-allocate-cpu: TASKS ?= mrpc stsb
@@ -168,7 +169,7 @@ reproduce-allocate-cpu: $(STAMP)
 
 ## reproduce-paper[-cpu]: every EACL table the paper's GLUE experiments have beyond Table 2 (Tables
 ## 1 and 5, 4, 7; Table 2 and the workshop Table 1 are reproduce-table1[-cpu]): one plan and cost
-## estimate first, then each target in turn. -cpu: about 1.6 h by the estimate.
+## estimate first, then each target in turn. -cpu: about 1.6 h by the estimate, 68 min measured.
 PAPER_TARGETS = $(foreach t,search table4 table7,$(subst reproduce-paper,reproduce-$(t),$@))
 reproduce-paper reproduce-paper-cpu: $(STAMP)
 	mkdir -p $(OUT_DIR) && rm -f $(OUT_DIR)/.paper-plan
