@@ -69,7 +69,7 @@ clean:
 ## 1..b, row b); -cpu on MRPC and STS-B, MiniLM, seed 42 (31 min measured).
 ## reproduce-table7[-cpu]: the paper's Table 7, one sampled rank per step vs the summed loss, on
 ## CoLA with fewer epochs; -cpu on MiniLM, seed 42, 2 epochs (14 min measured);
-## EXPERIMENT=table7_cpu_6ep: the same at the cpu preset's 6 CoLA epochs (TABLE7_6EP_MIN min measured).
+## EXPERIMENT=table7_cpu_6ep: the same at the cpu preset's 6 CoLA epochs (39 min measured).
 OUT_DIR     ?= experiments
 RESULTS_DIR ?= results
 OVERRIDES   ?=
