@@ -66,11 +66,20 @@ def test_the_curve_of_a_peft_adapter_is_a_run_record_whose_top_rank_is_the_adapt
     assert record.config["source_adapter"]["sha256"] == records.sha256_file(adapter_dir / "adapter_model.safetensors")
     assert record.env["train_steps"] == 0
     rows = {(m.truncation, m.rank): m.value for m in record.metrics if m.metric == "accuracy"}
-    assert set(rows) == {(t, b) for t in ("prefix", "svd") for b in range(1, 5)}
+    assert set(rows) == {(t, b) for t in ("prefix", "svd") for b in range(1, 5)} | {("prefix", 0)}
     # independently: the task's own evaluation of PEFT's model is the curve at rank r, under both truncations
     spec = RunSpec.from_dict(record.config)
     model, data = load_finished(spec, record.path, torch.device("cpu"))
     assert data.evaluate(peft_model, 4)["validation"]["accuracy"] == rows[("prefix", 4)] == rows[("svd", 4)]
+    # and rank 0 is PEFT's model with every lora_B zeroed: no update, the trained head kept
+    import copy
+
+    headless_update = copy.deepcopy(peft_model)
+    with torch.no_grad():
+        for name, param in headless_update.named_parameters():
+            if "lora_B" in name:
+                param.zero_()
+    assert data.evaluate(headless_update, 0)["validation"]["accuracy"] == rows[("prefix", 0)]
     with merged(model, 4):
         torch.testing.assert_close(logits_on(model, data), logits_on(peft_model, data), rtol=1e-4, atol=1e-5)
     # the smaller export is our rank-2 SVD truncation, as PEFT loads it

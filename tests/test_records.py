@@ -40,7 +40,9 @@ def _recompose(record: records.RunRecord, *extra: str) -> dict:
     c = record.config
     rank = search_rank(record)
     method = [] if rank is not None else [f"method={c['method']['name']}"]
-    config = compose_spec([f"experiment={c['experiment']}", f"task={c['task']['name']}", *method,
+    # the preset the run was made with (table1_cpu's committed records predate its scripts_cpu preset)
+    config = compose_spec([f"experiment={c['experiment']}", f"preset={c['preset']}", f"task={c['task']['name']}",
+                           *method,
                            f"seed={c['seed']}", f"data.glue_dir={c['data']['glue_dir']}", *extra]).config
     return config if rank is None else lora_config(config, rank)
 
@@ -98,7 +100,8 @@ def finished(tmp_path, glue_dir) -> Path:
 def test_done_covers_every_file_of_the_record(finished):
     done = json.loads((finished / records.DONE).read_text())
     assert done["format"] == records.DONE_FORMAT
-    assert sorted(done["sha256"]) == ["adapter.safetensors", "config.yaml", "data.json", "env.json", "metrics.jsonl"]
+    assert sorted(done["sha256"]) == ["adapter.safetensors", "config.yaml", "data.json", "env.json", "metrics.jsonl",
+                                      "predictions.safetensors"]
 
 
 @pytest.mark.parametrize("name", ["config.yaml", "env.json", "data.json", "adapter.safetensors", "metrics.jsonl"])

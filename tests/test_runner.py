@@ -133,7 +133,7 @@ def test_wandb_offline_run_holds_the_rank_table(tmp_path, glue_dir, monkeypatch)
     assert tables, "no W&B table was written"
     full = [json.loads(t.read_text()) for t in tables
             if json.loads(t.read_text())["columns"] == ["rank", "split", "metric", "value"]]
-    assert full and sorted({row[0] for row in full[0]["data"]}) == [1, 2]
+    assert full and sorted({row[0] for row in full[0]["data"]}) == [0, 1, 2]  # rank 0: the adapter off
     import wandb
 
     assert wandb.run is None  # the job finished its W&B run
@@ -147,7 +147,9 @@ def test_one_training_is_evaluated_under_each_truncation(tmp_path, glue_dir):
                                        "eval.truncation=[prefix,svd]", "method.eval_ranks=[1,2]"))
     run = records.read_run(execute(spec, progress=False))
     rows = {(m.truncation, m.rank, m.split, m.metric): m.value for m in run.metrics}
-    assert {t for t, *_ in rows} == {"prefix", "svd"} and len(rows) == 2 * 2  # accuracy at ranks 1, 2
+    # accuracy at ranks 1, 2 under each, and once at rank 0 (the adapter off)
+    assert {t for t, *_ in rows} == {"prefix", "svd"} and len(rows) == 2 * 2 + 1 and ("prefix", 0, "validation",
+                                                                                       "accuracy") in rows
     assert rows[("svd", 2, "validation", "accuracy")] == rows[("prefix", 2, "validation", "accuracy")]  # b = r_max
     assert set(run.env["sweep_seconds_by_truncation"]) == {"prefix", "svd"}
     assert run.env["sweep_seconds"] == pytest.approx(sum(run.env["sweep_seconds_by_truncation"].values()))
@@ -182,7 +184,7 @@ def test_per_module_sampling_trains_each_module_at_its_own_drawn_rank(tmp_path, 
                                        "method=dylora_per_module", "method.r_max=4", "trainer.max_steps=8"))
     assert spec.adapter.sampling == "per_module"
     run = records.read_run(execute(spec, progress=False))
-    assert run.done and {m.rank for m in run.metrics} == {1, 2, 3, 4}
+    assert run.done and {m.rank for m in run.metrics} == {0, 1, 2, 3, 4}
     # the recorded rank sequence is the per-module draw of each step over the model's adapters, in model order
     modules = ["roberta.encoder.layer.0.attention.self.query", "roberta.encoder.layer.0.attention.self.value"]
     schedule = rank_schedule(AdapterConfig(r_max=4, sampling="per_module"), spec.seed, modules)

@@ -8,6 +8,8 @@ Layout of a run directory (``run_dir_for`` names it)::
         adapter.safetensors   the trained dynamic adapter (and trainable head)
         env.json              versions, git commit, device, parameter counts, timings
         data.json             sha256 of each local data file the run read (a run whose data changed is redone)
+        predictions.safetensors  classification: every dev row's prediction at each truncation and rank (class
+                              ids, or regression scores; rank 0 is the adapter off) and the labels, in row order
         outputs/              what evaluation writes besides metrics (NLG: the text at each rank)
         checkpoint/           training state while the run is unfinished
         DONE                  written last: its format and the sha256 of every other file of the record
@@ -40,6 +42,7 @@ METRICS = "metrics.jsonl"
 ADAPTER = "adapter.safetensors"
 ENV = "env.json"
 DATA = "data.json"
+PREDICTIONS = "predictions.safetensors"
 DONE = "DONE"
 CHECKPOINT = "checkpoint"
 DONE_FORMAT = 2
@@ -65,6 +68,7 @@ HASH_NEUTRAL: dict[str, Any] = {
     "method.loss": "sampled",
     "method.sampling": "global",
     "data.selection_rows": None,
+    "trainer.fast_dropout": False,
 }
 
 
@@ -203,6 +207,44 @@ def write_metrics(run_dir: str | Path, rows: Iterable[MetricRow]) -> None:
             raise RecordError(f"metric {row.metric} at rank {row.rank} is {row.value}, not a finite number")
         lines.append(json.dumps(asdict(row), sort_keys=False))
     atomic_write_text(Path(run_dir) / METRICS, "".join(line + "\n" for line in lines))
+
+
+def prediction_key(truncation: str, rank: int, split: str) -> str:
+    return f"{truncation}/rank{rank}/{split}"
+
+
+def labels_key(split: str) -> str:
+    return f"labels/{split}"
+
+
+def write_predictions(run_dir: str | Path, arrays: dict[str, Any]) -> None:
+    """Write (replace) ``predictions.safetensors``: arrays by ``prediction_key`` / ``labels_key``, class ids as
+    int8 and scores as float32 (safetensors: byte-reproducible, no pickle)."""
+    import numpy as np
+    import torch
+    from safetensors.torch import save
+
+    def compact(values) -> torch.Tensor:
+        array = np.asarray(values)
+        kind = np.int8 if np.issubdtype(array.dtype, np.integer) else np.float32
+        return torch.from_numpy(np.ascontiguousarray(array.astype(kind)))
+
+    atomic_write_bytes(Path(run_dir) / PREDICTIONS, save({k: compact(v) for k, v in sorted(arrays.items())}))
+
+
+def read_predictions(run_dir: str | Path) -> dict[str, Any]:
+    """The arrays of ``predictions.safetensors`` (numpy, by key); {} for a record without the file."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load
+
+    path = Path(run_dir) / PREDICTIONS
+    if not path.exists():
+        return {}
+    try:
+        return load(path.read_bytes())
+    except (SafetensorError, ValueError) as e:
+        raise RecordError(f"{path} cannot be read ({e}): the record is corrupted; delete {run_dir} to run it "
+                          "again") from e
 
 
 def write_env(run_dir: str | Path, env: dict[str, Any]) -> None:

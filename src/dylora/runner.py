@@ -33,6 +33,7 @@ from dylora.adapters import (
     trainable_parameters,
 )
 from dylora.adapters.io import load_adapter, load_lora_weights
+from dylora.dropout import use_fast_dropout
 from dylora.errors import ConfigError, RecordError, TrainingError
 from dylora.models import load_model, load_tokenizer
 from dylora.precision import cast_frozen, set_tf32
@@ -105,6 +106,8 @@ def _execute(spec: RunSpec, run_dir: Path, dist: Distributed, progress: bool,
     if spec.trainer.init_from:
         _init_from(spec, model)
     cast_frozen(model, spec.model.dtype)
+    if spec.trainer.fast_dropout:
+        use_fast_dropout(model)
     model.to(device)
     set_tf32(spec.trainer.tf32)
     if dist.is_main:
@@ -128,10 +131,11 @@ def _execute(spec: RunSpec, run_dir: Path, dist: Distributed, progress: bool,
         if not dist.is_main:
             return run_dir
         save_adapter(model, run_dir / records.ADAPTER)
-        metric_rows, seconds = _sweeps(spec, model, data, spec.truncations, tracker, progress)
+        metric_rows, seconds, predictions = _sweeps(spec, model, data, spec.truncations, tracker, progress)
         records.write_metrics(run_dir, metric_rows)
-        records.write_env(run_dir, _env(spec, model, device, dist, result.seconds, seconds, result.steps,
-                                           schedules))
+        if predictions:
+            records.write_predictions(run_dir, predictions)
+        records.write_env(run_dir, _env(spec, model, device, dist, result, seconds, schedules))
         records.mark_done(run_dir)
         shutil.rmtree(run_dir / records.CHECKPOINT, ignore_errors=True)
         say(f"done: {run_dir}")
@@ -143,18 +147,32 @@ def _execute(spec: RunSpec, run_dir: Path, dist: Distributed, progress: bool,
             torch_dist.barrier()
 
 
-def _sweeps(spec: RunSpec, model, data, truncations: list[str], tracker, progress: bool
-            ) -> tuple[list[records.MetricRow], dict[str, float]]:
-    """The rank sweep under each truncation: its metric rows, and its seconds by truncation."""
-    metric_rows, seconds = [], {}
+def _sweeps(spec: RunSpec, model, data, truncations: list[str], tracker, progress: bool, rank_zero: bool = True
+            ) -> tuple[list[records.MetricRow], dict[str, float], dict]:
+    """The rank sweep under each truncation, the first also at rank 0 (the adapter off) when ``rank_zero``:
+    its metric rows, its seconds by truncation, and each row's prediction (classification tasks; arrays by
+    ``records.prediction_key``, with the labels)."""
+    metric_rows, seconds, predictions = [], {}, {}
     for truncation in truncations:
+
+        def evaluate(model, rank: int) -> dict[str, dict[str, float]]:
+            if data.predict is None:  # NLG: its texts go to outputs/
+                return data.evaluate(model, rank)
+            results = {}
+            for split, (predicted, labels) in data.predict(model).items():
+                predictions[records.prediction_key(truncation, rank, split)] = predicted
+                predictions[records.labels_key(split)] = labels
+                results[split] = data.score(predicted, labels)
+            return results
+
+        ranks = [0, *spec.eval_ranks] if rank_zero and truncation == truncations[0] else spec.eval_ranks
         start = time.perf_counter()
-        rows = list(rank_sweep(model, spec.eval_ranks, data.evaluate, progress, spec.trainer.precision, truncation))
+        rows = list(rank_sweep(model, ranks, evaluate, progress, spec.trainer.precision, truncation))
         seconds[truncation] = time.perf_counter() - start
         metric_rows += [records.MetricRow(spec.task.name, spec.method_name, spec.seed, rank, split, metric, value,
                                           truncation) for rank, split, metric, value in rows]
         tracker.log_rank_curve(rows, truncation)
-    return metric_rows, seconds
+    return metric_rows, seconds, predictions
 
 
 def _missing_truncations(run_dir: Path, spec: RunSpec) -> list[str]:
@@ -170,9 +188,11 @@ def _evaluate_finished(spec: RunSpec, run_dir: Path, truncations: list[str], dev
     model, data = load_finished(spec, run_dir, device, outputs=True)
     tracker = make_tracker(spec.logger, spec.config, run_dir, run_dir.name, spec.experiment)
     try:
-        rows, seconds = _sweeps(spec, model, data, truncations, tracker, progress)
+        rows, seconds, predictions = _sweeps(spec, model, data, truncations, tracker, progress, rank_zero=False)
     finally:
         tracker.finish()
+    if predictions and (run_dir / records.PREDICTIONS).exists():  # a record made before predictions had none
+        records.write_predictions(run_dir, records.read_predictions(run_dir) | predictions)
     old = records.read_metrics(run_dir)
     env = records.read_env(run_dir)
     by_truncation = env.get("sweep_seconds_by_truncation") or {"prefix": env.get("sweep_seconds", 0.0)}
@@ -278,8 +298,17 @@ def _git_commit() -> str | None:
         return None
 
 
-def _env(spec: RunSpec, model, device, dist: Distributed, train_seconds: float, sweep_seconds: dict[str, float],
-         steps: int, schedules: list[str]) -> dict:
+def loss_ends(losses: list[float]) -> dict[str, float]:
+    """The training loss's mean over the first and the last tenth of the steps (at least one step each): whether
+    a run learned, read from training alone."""
+    if not losses:
+        return {}
+    k = max(1, len(losses) // 10)
+    return {"train_loss_start": sum(losses[:k]) / k, "train_loss_end": sum(losses[-k:]) / k}
+
+
+def _env(spec: RunSpec, model, device, dist: Distributed, result: TrainResult, sweep_seconds: dict[str, float],
+         schedules: list[str]) -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
     def v(pkg: str) -> str | None:
@@ -299,8 +328,9 @@ def _env(spec: RunSpec, model, device, dist: Distributed, train_seconds: float, 
         # the numerics: autocast dtype, the frozen base's dtype, TF32 matmuls
         "precision": {"autocast": spec.trainer.precision, "base_dtype": spec.model.dtype, "tf32": spec.trainer.tf32},
         "trainable_parameters": trainable_parameters(model),
-        "train_seconds": train_seconds,
-        "train_steps": steps,
+        "train_seconds": result.seconds,
+        "train_steps": result.steps,
+        **loss_ends(result.losses),
         "rank_sequence_sha256": schedules,  # one per process: sha256 of the JSON list of b per step
         "sweep_seconds": sum(sweep_seconds.values()),  # every truncation's rank sweep
         "sweep_seconds_by_truncation": sweep_seconds,

@@ -105,6 +105,7 @@ class TrainerSpec:
     precision: str = "auto"  # fp32 | bf16 | fp16 | auto (bf16 on a CUDA device that has it, else fp32)
     tf32: bool = True  # TF32 matmuls and convolutions on CUDA (resolved to false elsewhere)
     init_from: str | None = None  # a task name: start from that task's finished adapter (MNLI trick)
+    fast_dropout: bool = False  # dylora.dropout: the same dropout from a cheaper random stream (CPU speed)
     per_task: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -121,7 +122,7 @@ class TrainerSpec:
             raise ConfigError(f"trainer.warmup_steps={self.warmup_steps!r} must be a whole number >= 0 or null")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"trainer.label_smoothing={self.label_smoothing!r} must be in [0, 1)")
-        for name in ("group_by_length", "tf32"):
+        for name in ("group_by_length", "tf32", "fast_dropout"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"trainer.{name}={getattr(self, name)!r} must be true or false")
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dylora.adapters import merged
+from dylora.adapters import adapters_off, merged
 from dylora.precision import autocast
 from dylora.progress import bar as progress_bar
 
@@ -41,12 +41,12 @@ def rank_sweep(
     precision: str = "fp32",
     truncation: str = "prefix",
 ) -> Iterator[tuple[int, str, str, float]]:
-    """Yield (rank, split, metric, value) for every rank, taken by ``truncation`` (``prefix`` | ``svd``);
-    ``evaluate(model, rank)`` returns {split: {metric: value}}."""
+    """Yield (rank, split, metric, value) for every rank, taken by ``truncation`` (``prefix`` | ``svd``); rank 0
+    is the adapter off (the base with the trained head). ``evaluate(model, rank)`` returns {split: {metric: value}}."""
     device = next(model.parameters()).device
     desc = "rank sweep" if truncation == "prefix" else f"rank sweep ({truncation})"
     for rank in progress_bar(ranks, desc=desc, enabled=progress):
-        with merged(model, rank, truncation), autocast(precision, device):
+        with adapters_off(model) if rank == 0 else merged(model, rank, truncation), autocast(precision, device):
             results = evaluate(model, rank)
         for split, values in results.items():
             for metric, value in values.items():

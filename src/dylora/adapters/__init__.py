@@ -6,6 +6,7 @@ from dylora.adapters.layer import TRUNCATIONS, DyLoRALayer
 from dylora.adapters.model import (
     adapter_config,
     adapter_layers,
+    adapters_off,
     add_adapters,
     get_rank,
     get_truncation,
@@ -26,6 +27,7 @@ __all__ = [
     "RankSampler",
     "adapter_config",
     "adapter_layers",
+    "adapters_off",
     "add_adapters",
     "export_peft",
     "get_rank",

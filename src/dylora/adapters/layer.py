@@ -85,6 +85,7 @@ class DyLoRALayer(nn.Module):
         self.rank = config.r_max
         self.truncation = "prefix"
         self.merged_rank: int | None = None
+        self.off = False  # rank 0: the base alone (adapters_off)
         self._unmerged: torch.Tensor | None = None  # the base weight as it was before merge()
 
     # ------------------------------------------------------------------ rank and its factors
@@ -143,7 +144,7 @@ class DyLoRALayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base(x)
-        if self.merged_rank is not None:
+        if self.merged_rank is not None or self.off:
             return out
         if self.truncation == "prefix":
             a, b = self.truncated()

@@ -183,6 +183,20 @@ def merged(model: nn.Module, rank: Ranks, truncation: str = "prefix") -> Iterato
         set_truncation(model, "prefix")
 
 
+@contextmanager
+def adapters_off(model: nn.Module) -> Iterator[nn.Module]:
+    """Evaluate "rank 0": every adapter off (its layer computes the base alone), the trained head on; on
+    again on exit, whatever happens."""
+    layers = [layer for _, layer in adapter_layers(model)]
+    for layer in layers:
+        layer.off = True
+    try:
+        yield model
+    finally:
+        for layer in layers:
+            layer.off = False
+
+
 def trainable_parameters(model: nn.Module) -> dict[str, int]:
     """Counts of trainable parameters: adapter, head (everything else that trains), total."""
     adapter = sum(layer.lora_A.numel() + layer.lora_B.numel() for _, layer in adapter_layers(model))

@@ -149,7 +149,7 @@ def run_cost(run_dir: Path, method: str, r_max: int, split: str, metric: str) ->
     if "train_seconds" not in env or "sweep_seconds" not in env:
         raise RecordError(f"{run_dir}/env.json lacks train_seconds/sweep_seconds; delete {run_dir} and run it again")
     values = [(m.value, m.rank) for m in record.metrics  # the paper's truncation, as the search picks ranks
-              if m.split == split and m.metric == metric and m.truncation == "prefix"]
+              if m.split == split and m.metric == metric and m.truncation == "prefix" and m.rank > 0]
     if not values:
         found = sorted({(m.split, m.metric) for m in record.metrics})
         raise ConfigError(f"{run_dir} has no {split}/{metric}; it has {found}: pass --split and --metric")

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -32,6 +33,10 @@ class TaskData:
     evaluate: Evaluate
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None  # (logits, labels); None: the model's
     selection: list[dict] | None = None  # training rows held out of training (data.selection_rows)
+    # classification: model -> {split: (predictions, labels)} in row order (class ids, or scores for a
+    # regression), and score(predictions, labels) -> {metric: value}; evaluate is the two together
+    predict: Callable[[nn.Module], dict[str, tuple[np.ndarray, np.ndarray]]] | None = None
+    score: Callable[[np.ndarray, np.ndarray], dict[str, float]] | None = None
 
 
 @dataclass(frozen=True)
@@ -63,18 +68,25 @@ class NoOptions:
     """A kind whose tasks take no ``task.*`` options beyond name and kind."""
 
 
-def classification_data(train: list[dict], evals: dict[str, list[dict]], tokenizer, score, batch_size: int,
-                        device, pad_to: int | None = None) -> TaskData:
+def classification_data(train: list[dict], evals: dict[str, list[dict]], tokenizer, to_predictions, score,
+                        batch_size: int, device, pad_to: int | None = None) -> TaskData:
     """A classification task's data: rows padded per batch (to a multiple of ``pad_to`` when given), every
-    split of ``evals`` scored by ``score(logits, labels)``."""
+    split of ``evals`` predicted by ``to_predictions(logits)`` and scored by ``score(predictions, labels)``."""
     from transformers import DataCollatorWithPadding
 
     collate = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_to, return_tensors="pt")
 
-    def evaluate(model: nn.Module, rank: int) -> dict[str, dict[str, float]]:
-        return {split: score(*predict(model, rows, collate, batch_size, device)) for split, rows in evals.items()}
+    def predictions(model: nn.Module) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        out = {}
+        for split, rows in evals.items():
+            logits, labels = predict(model, rows, collate, batch_size, device)
+            out[split] = (np.asarray(to_predictions(logits)), labels.numpy())
+        return out
 
-    return TaskData(train, collate, evaluate)
+    def evaluate(model: nn.Module, rank: int) -> dict[str, dict[str, float]]:
+        return {split: score(*both) for split, both in predictions(model).items()}
+
+    return TaskData(train, collate, evaluate, predict=predictions, score=score)
 
 
 def rows(dataset, limit: int | None = None) -> list[dict]:

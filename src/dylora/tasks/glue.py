@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import numbers
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import datasets
@@ -311,10 +312,8 @@ def build(spec, base, tokenizer, device, run_dir=None) -> TaskData:
     tokenized = {split: rows(tokenize_glue(ds, tokenizer, spec.model.max_length)) for split, ds in splits.items()}
     train = tokenized.pop("train")
 
-    def score(logits, labels) -> dict[str, float]:
-        return glue_metrics(name, logits_to_predictions(name, logits), labels.numpy())
-
-    return classification_data(train, tokenized, tokenizer, score, spec.trainer.eval_batch_size, device,
+    return classification_data(train, tokenized, tokenizer, partial(logits_to_predictions, name),
+                               partial(glue_metrics, name), spec.trainer.eval_batch_size, device,
                                pad_multiple(spec.trainer.precision, torch.device(device).type))
 
 

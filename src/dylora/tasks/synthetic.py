@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass
 
 import datasets
+import numpy as np
 import torch
 from torch import nn
 
@@ -116,12 +117,13 @@ def build(spec, base, tokenizer, device, run_dir=None) -> TaskData:
         base, tokenizer, spec.adapter.target_modules, teacher_rank=t.teacher_rank, teacher_strength=t.teacher_strength,
         seq_len=t.seq_len, n_train=t.n_train, n_eval=t.n_eval, keep=t.keep,
     )
-    def score(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-        return {"accuracy": float(accuracy_score(labels.numpy(), logits.argmax(dim=-1).numpy()))}
+    def score(predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+        return {"accuracy": float(accuracy_score(labels, predictions))}
 
     evals = {"validation": rows(splits["validation"], spec.data.max_eval_samples)}
-    return classification_data(rows(splits["train"], spec.data.max_train_samples), evals, tokenizer, score,
-                               spec.trainer.eval_batch_size, device,
+    return classification_data(rows(splits["train"], spec.data.max_train_samples), evals, tokenizer,
+                               lambda logits: logits.argmax(dim=-1).numpy(), score, spec.trainer.eval_batch_size,
+                               device,
                                pad_multiple(spec.trainer.precision, torch.device(device).type))
 
 

@@ -68,10 +68,11 @@ class Experiment:
         """A rank search's runs (``dylora.lab.search_cost``), reported as its tables, not as rank sweeps."""
         return any(search_rank(r) is not None for r in self.used)
 
-    def metrics(self) -> pd.DataFrame:
-        """Every metric row of the runs used; a row under the SVD truncation as the method ``<method>+svd``."""
+    def metrics(self, adapter_off: bool = False) -> pd.DataFrame:
+        """Every metric row of the runs used at ranks 1.. (with ``adapter_off``: the rank-0 rows instead, the
+        adapter off); a row under the SVD truncation as the method ``<method>+svd``."""
         rows = [{**vars(m), "method": m.method if m.truncation == "prefix" else f"{m.method}+{m.truncation}"}
-                for r in self.used for m in r.metrics]
+                for r in self.used for m in r.metrics if (m.rank == 0) == adapter_off]
         return pd.DataFrame(rows, columns=["task", "method", "seed", "rank", "split", "metric", "value"])
 
     def rank_range(self, task: str, method: str) -> tuple[int, int]:
