@@ -10,8 +10,7 @@ import pytest
 import torch
 
 from dylora.errors import DataError
-from dylora.metrics.glue import glue_metrics, logits_to_predictions
-from dylora.tasks.glue import GLUE_TASKS
+from dylora.tasks.glue import GLUE_TASKS, glue_metrics, logits_to_predictions
 
 
 def _confusion(labels: np.ndarray, preds: np.ndarray) -> tuple[int, int, int, int]:

@@ -19,6 +19,7 @@ from functools import partial
 from pathlib import Path
 
 import datasets
+import numpy as np
 import torch
 
 from dylora.errors import DataError
@@ -303,10 +304,30 @@ def table_metric(task: str, table: str) -> TableMetric | None:
     return TableMetric(spec.primary_metric, spec.eval_splits[:1])
 
 
+def glue_metrics(task: str, predictions, labels) -> dict[str, float]:
+    """``{metric: value}`` for every metric of ``task`` (``GLUE_TASKS[task].metrics``, in order).
+
+    ``predictions`` are class ids, or floats for stsb (see ``logits_to_predictions``).
+    """
+    from dylora.metrics.glue import glue_scores
+
+    return glue_scores(get_task(task).metrics, predictions, labels, task)
+
+
+def logits_to_predictions(task: str, logits) -> np.ndarray:
+    """Class ids (argmax over the last axis), or the scores of a regression head (stsb).
+
+    ``logits`` is a numpy array or a torch tensor of shape (n, num_labels); (n,) is also
+    accepted for a regression head.
+    """
+    from dylora.metrics.glue import class_predictions
+
+    spec = get_task(task)
+    return class_predictions(logits, spec.num_labels, spec.is_regression, task)
+
+
 def build(spec, base, tokenizer, device, run_dir=None) -> TaskData:
     """Tokenised GLUE splits (hub or ``data.glue_dir``), scored with the task's GLUE metrics."""
-    from dylora.metrics.glue import glue_metrics, logits_to_predictions
-
     name = spec.task.name
     splits = load_glue(name, spec.data.glue_dir, spec.data.max_train_samples, spec.data.max_eval_samples)
     tokenized = {split: rows(tokenize_glue(ds, tokenizer, spec.model.max_length)) for split, ds in splits.items()}
