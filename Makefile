@@ -110,14 +110,17 @@ SWEEP_ARGS = experiment=$(EXPERIMENT) task=$(subst $(_empty) ,$(_comma),$(strip 
   method=$(subst $(_empty) ,$(_comma),$(strip $(METHODS))) seed=$(subst $(_empty) ,$(_comma),$(strip $(SEEDS))) out_dir=$(OUT_DIR) \
   $(if $(GLUE_DIR),data.glue_dir=$(GLUE_DIR)) $(if $(MODEL_PATH),model.path=$(MODEL_PATH)) $(OVERRIDES)
 
+# PLAN=1 (any reproduce-* target): print the plan and its cost estimate, run nothing.
 # PLAN_TO=FILE (reproduce-paper's first pass): append the sweep's arguments to FILE, run nothing
 reproduce-table1 reproduce-table4 reproduce-table7 $(CPU_SWEEPS): $(STAMP)
 ifdef PLAN_TO
 	echo '$(SWEEP_ARGS)' >> $(PLAN_TO)
 else
 	$(PY) -m dylora.lab.reproduce $(SWEEP_ARGS)
+ifndef PLAN
 	$(RUN) -m $(SWEEP_ARGS) $(LAUNCH)
 	$(REPORT) experiment=$(EXPERIMENT) out_dir=$(OUT_DIR) results_dir=$(RESULTS_DIR)
+endif
 endif
 
 ## reproduce-search[-cpu]: EACL Tables 1 and 5, LoRA trained separately at ranks 1, 2, 4, .., r_max
@@ -144,6 +147,7 @@ ifdef PLAN_TO
 	echo 'search $(SEARCH_ARGS) $(SEARCH_GRID)' >> $(PLAN_TO)
 else
 	$(PY) -m dylora.lab.reproduce search $(SEARCH_ARGS) $(SEARCH_GRID)
+ifndef PLAN
 	$(if $(filter reproduce-search-cpu,$@),mkdir -p $(OUT_DIR); pids=; trap 'kill $$pids 2>/dev/null' INT TERM; \
 	  for t in $(TASKS); do \
 	  $(SEARCH) $(SEARCH_ARGS) task=$$t method.r_max=$(subst $(_empty) ,$(_comma),$(strip $(R_MAX))) \
@@ -152,6 +156,7 @@ else
 	  [ $$rc = 0 ] || { echo "a search failed: see $(OUT_DIR)/.search-*.log" >&2; exit 1; }, \
 	  $(SEARCH) $(SEARCH_ARGS) $(SEARCH_GRID) --results $(OUT_DIR)/.search-tables)
 	$(REPORT) experiment=$(EXPERIMENT) out_dir=$(OUT_DIR) results_dir=$(RESULTS_DIR)
+endif
 endif
 
 ## reproduce-allocate-cpu: beyond the paper, a rank per module under a budget (dylora-allocate) on MiniLM
@@ -162,20 +167,26 @@ reproduce-allocate-cpu: TASKS ?= mrpc stsb
 reproduce-allocate-cpu: GLUE_DIR ?= ../shared/data/glue
 reproduce-allocate-cpu: export OMP_NUM_THREADS ?= 1
 reproduce-allocate-cpu: $(STAMP)
+	$(PY) -m dylora.lab.reproduce experiment=allocate_cpu method=dylora task=$(subst $(_empty) ,$(_comma),$(strip $(TASKS))) \
+	  data.glue_dir=$(GLUE_DIR) out_dir=$(OUT_DIR) $(OVERRIDES)
+ifndef PLAN
 	$(RUN) -m experiment=allocate_cpu method=dylora task=$(subst $(_empty) ,$(_comma),$(strip $(TASKS))) \
 	  data.glue_dir=$(GLUE_DIR) out_dir=$(OUT_DIR) hydra/launcher=local_parallel hydra.launcher.n_jobs=2 $(OVERRIDES)
 	for task in $(TASKS); do for run in $(OUT_DIR)/allocate_cpu/$$task/dylora/seed*-*/; do \
 	  $(ALLOCATE) $$run --out $(RESULTS_DIR)/allocate_cpu/$$task data.glue_dir=$(GLUE_DIR) || exit 1; done; done
+endif
 
 ## reproduce-paper[-cpu]: every EACL table the paper's GLUE experiments have beyond Table 2 (Tables
 ## 1 and 5, 4, 7; Table 2 and the workshop Table 1 are reproduce-table1[-cpu]): one plan and cost
 ## estimate first, then each target in turn. -cpu: about 1.6 h by the estimate, 68 min measured.
 PAPER_TARGETS = $(foreach t,search table4 table7,$(subst reproduce-paper,reproduce-$(t),$@))
 reproduce-paper reproduce-paper-cpu: $(STAMP)
-	mkdir -p $(OUT_DIR) && rm -f $(OUT_DIR)/.paper-plan
-	$(MAKE) -s --no-print-directory $(PAPER_TARGETS) PLAN_TO=$(OUT_DIR)/.paper-plan
-	$(PY) -m dylora.lab.reproduce $$(sed '2,$$s/^/:: /' $(OUT_DIR)/.paper-plan)
+	plan=$$(mktemp) && trap 'rm -f "$$plan"' EXIT && \
+	  $(MAKE) -s --no-print-directory $(PAPER_TARGETS) PLAN_TO="$$plan" && \
+	  $(PY) -m dylora.lab.reproduce $$(sed '2,$$s/^/:: /' "$$plan")
+ifndef PLAN
 	$(MAKE) --no-print-directory $(PAPER_TARGETS)
+endif
 
 ## LoRA trained separately at every rank 1..8 vs one DyLoRA run, measured wall-clock (synthetic
 ## task, a few CPU minutes; one thread: a tiny model only waits on more): results/search_cost/

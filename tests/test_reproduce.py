@@ -14,7 +14,7 @@ import pytest
 
 from dylora.cli.compose import compose_spec
 from dylora.errors import DataError, DyLoRAError
-from dylora.lab import reproduce
+from dylora.lab import reproduce, search_cost
 from dylora.lab.reproduce import PlannedRun
 from glue_fixtures import make_examples, write_glue_dir
 from helpers import REPO
@@ -26,7 +26,7 @@ def small_glue(tmp_path_factory) -> Path:
 
 
 def test_expand_is_the_cartesian_product_of_the_sweeps():
-    jobs = reproduce.expand(["experiment=table1_cpu", "task=rte,cola", "method=lora,dylora", "seed=1"])
+    jobs = search_cost.expand(["experiment=table1_cpu", "task=rte,cola", "method=lora,dylora", "seed=1"])
     assert sorted(map(tuple, jobs)) == sorted(
         ("experiment=table1_cpu", f"task={t}", f"method={m}", "seed=1")
         for t in ("rte", "cola") for m in ("lora", "dylora")
@@ -42,9 +42,9 @@ def test_split_sizes_count_the_rows_written(small_glue):
 
 
 @pytest.mark.parametrize(("extra", "train_steps", "batch"), [
-    ([], 2 * math.ceil(40 / 16), 16),  # the cpu preset for RTE (per_task): 2 epochs of batch 16 over the 40 rows
-    (["data.max_train_samples=10"], 2, 16),  # one short batch per epoch
-    (["trainer.per_task.rte.epochs=4"], 4 * math.ceil(40 / 16), 16),  # per_task values are counted
+    ([], 4 * math.ceil(40 / 16), 16),  # the scripts_cpu preset for RTE (per_task): 4 epochs of batch 16 over 40 rows
+    (["data.max_train_samples=10"], 4, 16),  # one short batch per epoch
+    (["trainer.per_task.rte.epochs=6"], 6 * math.ceil(40 / 16), 16),  # per_task values are counted
     (["trainer.max_steps=5", "trainer.batch_size=4"], 5, 4),
 ])
 def test_plan_counts_sequences_from_the_composed_config(small_glue, tmp_path, extra, train_steps, batch):
@@ -52,10 +52,10 @@ def test_plan_counts_sequences_from_the_composed_config(small_glue, tmp_path, ex
             f"out_dir={tmp_path}", *extra]
     configs, runs = reproduce.plan(args)
     assert [(r.task, r.method, r.seed) for r in runs] == [("rte", "lora", 7), ("rte", "dylora", 7)]
-    assert all(c["model"]["name"] == "minilm" and c["preset"] == "cpu" for c in configs)
+    assert all(c["model"]["name"] == "minilm" and c["preset"] == "scripts_cpu" for c in configs)
     for r in runs:
         assert r.train_sequences == train_steps * batch
-        assert r.eval_sequences == 16 * 8  # every dev row at ranks 1..8
+        assert r.eval_sequences == 16 * 9  # every dev row at ranks 0 (the adapter off) and 1..8
         assert not r.done
 
 
@@ -111,8 +111,8 @@ def test_printed_plan_names_runs_and_cost(small_glue, tmp_path, capsys):
     assert "12 runs (0 already finished, skipped) = 2 tasks x 3 methods x 2 seeds" in out
     assert "methods: lora, dylora, dylora_frozen" in out and "seeds:   10, 42" in out
     assert "model roberta-base" in out and "preset paper" in out and "device cuda" in out
-    # paper preset: 30 epochs of batch 32 over 40 rows = 60 steps of 32; 16 dev rows x 8 ranks
-    train_seqs, eval_seqs = 12 * 60 * 32, 12 * 16 * 8
+    # paper preset: 30 epochs of batch 32 over 40 rows = 60 steps of 32; 16 dev rows x 9 ranks (0..8)
+    train_seqs, eval_seqs = 12 * 60 * 32, 12 * 16 * 9
     assert f"{train_seqs:,} training and {eval_seqs:,} evaluation sequences" in out
     assert "ASSUMPTION" in out
 
@@ -219,7 +219,7 @@ def test_several_sweeps_print_one_plan_each_and_their_total(small_glue, tmp_path
                            "experiment=table7_cpu", "method=dylora,dylora_sum", *common]) == 0
     out = capsys.readouterr().out
     assert "plan: experiment table4_cpu: 2 runs" in out and "plan: experiment table7_cpu: 2 runs" in out
-    assert "total: 2 sweeps, 4 runs, about" in out
+    assert "total: 2 sweeps, 4 runs (2 + 2), about" in out
     assert reproduce.main(["experiment=table4_cpu", "::"]) == 1
     assert "sweep 2 of 2 has no overrides" in capsys.readouterr().err
 
@@ -249,3 +249,66 @@ def test_reproduce_paper_cpu_collects_every_targets_sweep_into_one_plan(small_gl
     groups = [line.split() for line in lines]
     assert reproduce.main([*groups[0], "::", *groups[1], "::", *groups[2]]) == 0
     assert "total: 3 sweeps, 13 runs" in capsys.readouterr().out  # 6 LoRA ranks + DyLoRA (Frozen); 4; 2
+
+
+def test_help_prints_the_usage_and_an_option_is_a_one_line_error():
+    for flag in ("--help", "-h"):
+        result = subprocess.run([sys.executable, "-m", "dylora.lab.reproduce", flag], capture_output=True, text=True,
+                                timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith("The plan of a ``make reproduce-*`` multirun") and "PLAN=1" in result.stdout
+        assert "Exception" not in result.stderr
+    result = subprocess.run([sys.executable, "-m", "dylora.lab.reproduce", "experiment=table1_cpu", "--tasks=rte"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and result.stderr.startswith("error: unknown option --tasks=rte")
+    assert result.stderr.count("\n") == 1 and result.stdout == ""
+
+
+def _run(task: str, method: str, r_max: int, seed: int = 1) -> PlannedRun:
+    return PlannedRun(task, method, seed, 1, 1, False, r_max)
+
+
+def test_the_run_count_is_printed_as_the_terms_that_make_it():
+    table = [_run(t, m, 8, s) for t in ("rte", "cola") for m in ("lora", "dylora", "dylora_frozen") for s in (1, 2)]
+    assert reproduce.count_terms(table) == "2 tasks x 3 methods x 2 seeds"
+    search = [_run(t, "lora", r) for t in ("mrpc", "cola") for r in (1, 2, 4, 8, 16, 32)] + \
+        [_run(t, "dylora_frozen", 32) for t in ("mrpc", "cola")]
+    assert reproduce.count_terms(search) == \
+        "2 tasks x (6 lora (ranks 1, 2, 4, 8, 16, 32) + 1 dylora_frozen (r_max 32)) x 1 seed"  # 2 x (6 + 1) x 1 = 14
+    assert reproduce.count_terms(table * 2) == "2 tasks x 3 methods x 2 seeds x 2 settings of the other swept overrides"
+    assert reproduce.count_terms(table[:5]) == "5 rte"  # no product: the runs per task
+    assert reproduce.count_terms([*table, _run("rte", "lora", 4)]) == "7 rte + 6 cola"
+
+
+def test_a_search_plan_prints_terms_that_multiply_to_its_runs(small_glue, tmp_path, capsys):
+    args = ["search", "--ranks", "pow2", "experiment=search_eacl_cpu", "task=rte,cola", "method.r_max=4,8",
+            f"data.glue_dir={small_glue}", f"out_dir={tmp_path}"]
+    assert reproduce.main(args) == 0
+    # LoRA at 1, 2, 4, 8 (r_max 4 and 8 share 1, 2, 4) and DyLoRA (Frozen) at r_max 4 and 8, for each task
+    assert ("12 runs (0 already finished, skipped) = 2 tasks x (4 lora (ranks 1, 2, 4, 8) + "
+            "2 dylora_frozen (r_max 4, 8)) x 1 seed") in capsys.readouterr().out
+
+
+def test_the_plan_counts_the_rank_zero_pass_and_every_truncation(small_glue, tmp_path):
+    args = ["experiment=table1_cpu", "task=rte", "method=dylora", "seed=1", f"data.glue_dir={small_glue}",
+            f"out_dir={tmp_path}"]
+    [prefix] = reproduce.plan(args)[1]
+    [both] = reproduce.plan([*args, "eval.truncation=[prefix,svd]"])[1]
+    assert prefix.eval_sequences == 16 * (1 + 8) and both.eval_sequences == 16 * (1 + 2 * 8)
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+@pytest.mark.parametrize(("target", "planned"), [
+    ("reproduce-table1-cpu", "plan: experiment table1_cpu: 9 runs"),
+    ("reproduce-table1", "plan: experiment table1: 12 runs"),
+    ("reproduce-search-cpu", "plan: experiment search_eacl_cpu: 7 runs"),
+    ("reproduce-allocate-cpu", "plan: experiment allocate_cpu: 1 run ("),
+    ("reproduce-paper-cpu", "total: 3 sweeps, 13 runs (7 + 4 + 2)"),
+])
+def test_make_plan_1_prints_the_plan_and_runs_nothing(small_glue, tmp_path, target, planned):
+    out = tmp_path / "exp"
+    result = _make(target, "PLAN=1", f"GLUE_DIR={small_glue}", "TASKS=rte", f"OUT_DIR={out}",
+                   f"RESULTS_DIR={tmp_path / 'res'}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert planned in result.stdout and "cost:" in result.stdout
+    assert not out.exists() and not (tmp_path / "res").exists()  # nothing trained, nothing reported

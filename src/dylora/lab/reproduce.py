@@ -1,25 +1,28 @@
-"""The plan of a ``make reproduce-table1[-cpu]`` multirun, printed before any training starts.
+"""The plan of a ``make reproduce-*`` multirun, printed before any training starts.
 
-    python -m dylora.lab.reproduce experiment=table1_cpu task=cola,mrpc method=lora,dylora seed=42 \
-        data.glue_dir=../shared/data/glue
+    python -m dylora.lab.reproduce OVERRIDE ...                          # the jobs of dylora-run -m OVERRIDE ...
+    python -m dylora.lab.reproduce search [--ranks R,R,..|pow2] OVERRIDE ...  # dylora.lab.search_cost's runs
+    python -m dylora.lab.reproduce OVERRIDE ... :: OVERRIDE ...          # several sweeps, and their total
+    make reproduce-table1-cpu PLAN=1     # any reproduce-* target: its plan and cost, and nothing run
 
-It takes the very overrides the Makefile hands to ``dylora-run -m``, expands the sweeps (``a,b``)
-as Hydra's basic sweeper does, composes every run's configuration, and then:
+e.g. ``python -m dylora.lab.reproduce experiment=table1_cpu task=cola,mrpc method=lora,dylora seed=42
+data.glue_dir=../shared/data/glue``. It takes the very overrides the Makefile hands to ``dylora-run -m``,
+expands the sweeps (``a,b``) as Hydra's basic sweeper does, composes every run's configuration, and then:
 
 - checks that every task's files exist under ``data.glue_dir`` (all missing files named at once),
   and that ``model.path``, when set, is a folder;
-- prints the runs (tasks, methods, seeds; how many are already finished and will be skipped)
-  and a cost estimate: training and evaluation sequences times an assumed time per sequence
-  for the model and device (``SECONDS_PER_SEQUENCE``), printed as an assumption.
+- prints the runs (tasks, methods, seeds; how many are already finished and will be skipped), their
+  count as the terms that make it, and a cost estimate: training and evaluation sequences times an
+  assumed time per sequence for the model and device (``SECONDS_PER_SEQUENCE``), printed as an assumption.
 
 Exit status 1 with a one-line ``error:`` when a file is missing or the configuration is invalid.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,23 +66,9 @@ class PlannedRun:
     method: str
     seed: int
     train_sequences: int  # training rows x epochs (or max_steps x batch size)
-    eval_sequences: int  # evaluation rows x ranks evaluated
+    eval_sequences: int  # evaluation rows x ranks evaluated (rank 0, the adapter off, included)
     done: bool  # already finished: dylora-run skips it
-
-
-def expand(overrides: list[str]) -> list[list[str]]:
-    """Every job of ``dylora-run -m overrides``: the sweeps' cartesian product, as Hydra's basic sweeper."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    parsed = OverridesParser.create().parse_overrides(overrides)
-    choices = []
-    for o in parsed:
-        if o.is_sweep_override():
-            key = o.get_key_element()
-            choices.append([f"{key}={v}" for v in o.sweep_string_iterator()])
-        else:
-            choices.append([o.input_line])
-    return [list(job) for job in itertools.product(*choices)]
+    r_max: int = 0  # the adapter's r_max (a rank search trains LoRA at several)
 
 
 def compose_all(jobs: list[list[str]]) -> list[dict[str, Any]]:
@@ -159,7 +148,10 @@ def plan_run(config: dict[str, Any]) -> PlannedRun:
     train_sequences *= len(summed_ranks(spec.adapter) or [None])  # loss=sum: a pass per rank each step
     run_dir = records.run_dir_for(spec.out_dir, spec.config)  # as the runner names it: per-task values applied
     done = (run_dir / records.DONE).exists()
-    return PlannedRun(spec.task.name, spec.method_name, spec.seed, train_sequences, n_eval * len(spec.eval_ranks), done)
+    # a sweep per truncation, the first also at rank 0 (the adapter off), as the runner evaluates
+    evaluated = 1 + len(spec.eval_ranks) * len(spec.truncations)
+    return PlannedRun(spec.task.name, spec.method_name, spec.seed, train_sequences, n_eval * evaluated, done,
+                      spec.adapter.r_max)
 
 
 def device_type(configs: list[dict[str, Any]]) -> str:
@@ -182,6 +174,35 @@ def estimate_seconds(runs: list[PlannedRun], model: str, device: str,
     return sum(r.train_sequences * train_s + r.eval_sequences * eval_s for r in todo), (train_s, eval_s), not known
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def count_terms(runs: list[PlannedRun]) -> str:
+    """The terms whose product (and sum) is ``len(runs)``: ``2 tasks x 3 methods x 2 seeds``; a rank search
+    ``2 tasks x (6 lora (ranks 1, 2, 4, 8, 16, 32) + 1 dylora_frozen (r_max 32)) x 1 seed``; runs that are no
+    such product, their count per task."""
+    tasks = list(dict.fromkeys(r.task for r in runs))
+    seeds = list(dict.fromkeys(r.seed for r in runs))
+    r_maxes = {m: sorted({r.r_max for r in runs if r.method == m}) for m in dict.fromkeys(r.method for r in runs)}
+    cells = Counter((r.task, r.method, r.r_max, r.seed) for r in runs)  # > 1: other overrides swept too
+    variants = sum(map(len, r_maxes.values()))
+    if len(cells) != len(tasks) * variants * len(seeds) or len(set(cells.values())) != 1:
+        per_task = Counter(r.task for r in runs)
+        return " + ".join(f"{per_task[t]} {t}" for t in tasks)
+    if all(len(ranks) == 1 for ranks in r_maxes.values()):
+        methods = _plural(len(r_maxes), "method")
+    else:
+        label = {m: "ranks" if m == "lora" else "r_max" for m in r_maxes}  # LoRA's r_max is the rank it trains at
+        methods = "(" + " + ".join(f"{len(ranks)} {m} ({label[m]} {', '.join(map(str, ranks))})"
+                                   for m, ranks in r_maxes.items()) + ")"
+    terms = [_plural(len(tasks), "task"), methods, _plural(len(seeds), "seed")]
+    per_cell = next(iter(cells.values()))
+    if per_cell > 1:
+        terms.append(f"{per_cell} settings of the other swept overrides")
+    return " x ".join(terms)
+
+
 def _hours(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
 
@@ -196,9 +217,8 @@ def describe(configs: list[dict[str, Any]], runs: list[PlannedRun]) -> str:
     glue_dir = first["data"]["glue_dir"]
     done = sum(r.done for r in runs)
     lines = [
-        f"plan: experiment {first['experiment']}: {len(runs)} runs ({done} already finished, skipped) = "
-        f"{len({r.task for r in runs})} tasks x {len({r.method for r in runs})} methods x "
-        f"{len({r.seed for r in runs})} seeds",
+        f"plan: experiment {first['experiment']}: {_plural(len(runs), 'run')} ({done} already finished, skipped) = "
+        f"{count_terms(runs)}",
         f"  tasks:   {', '.join(dict.fromkeys(r.task for r in runs))}",
         f"  methods: {', '.join(dict.fromkeys(r.method for r in runs))}",
         f"  seeds:   {', '.join(map(str, dict.fromkeys(r.seed for r in runs)))}",
@@ -229,6 +249,8 @@ def plan(overrides: list[str]) -> tuple[list[dict[str, Any]], list[PlannedRun]]:
         args, ranks = _ranks_option(overrides[1:])
         configs = search_configs(args, ranks)
     else:
+        from dylora.lab.search_cost import expand
+
         configs = compose_all(expand(overrides))
     check_inputs(configs)
     return configs, [plan_run(c) for c in configs]
@@ -266,14 +288,34 @@ def sweeps(args: list[str]) -> list[list[str]]:
     return groups
 
 
+HELP = ("-h", "--help")
+
+
+def check_options(overrides: list[str]) -> None:
+    """ConfigError for an option where Hydra overrides go (Hydra's parser would fail on it with a lexer error):
+    only a search takes one, ``--ranks``."""
+    search = overrides[:1] == [SEARCH]
+    for arg in overrides[1:] if search else overrides:
+        if arg.startswith("-") and not (search and (arg == "--ranks" or arg.startswith("--ranks="))):
+            raise ConfigError(f"unknown option {arg}: the arguments are Hydra overrides (key=value), "
+                              f"'{SEARCH} [--ranks R,..|pow2] key=value ..' or '{SWEEP_SEPARATOR}' between sweeps; "
+                              "see python -m dylora.lab.reproduce --help")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Print the plan of one sweep, or of several separated by ``::`` with their total cost."""
     args = list(sys.argv[1:] if argv is None else argv)
+    if any(arg in HELP for arg in args):
+        print(__doc__.strip())
+        return 0
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     try:
-        planned = [plan(overrides) for overrides in sweeps(args)]
+        groups = sweeps(args)
+        for overrides in groups:
+            check_options(overrides)
+        planned = [plan(overrides) for overrides in groups]
     except (DyLoRAError, HydraException, OmegaConfBaseException) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -284,8 +326,8 @@ def main(argv: list[str] | None = None) -> int:
                                      str(configs[0]["trainer"].get("precision", "fp32")))[0]
                     for configs, runs in planned)
         n_runs = sum(len(runs) for _, runs in planned)
-        print(f"total: {len(planned)} sweeps, {n_runs} runs, about {_hours(total)} at the assumptions above",
-              flush=True)
+        print(f"total: {len(planned)} sweeps, {n_runs} runs ({' + '.join(str(len(runs)) for _, runs in planned)}), "
+              f"about {_hours(total)} at the assumptions above", flush=True)
     return 0
 
 

@@ -15,85 +15,53 @@ Sweeps (``task=mrpc,cola method.r_max=32,64``) run one search per combination, e
 ``search_cost_<task>_r<r_max>.*``; a rank trained for two searches is one run, reused. ``--paper-tables``
 also writes the paper's EACL Table 1 and Table 5 shapes (``dylora.lab.search_tables``), ranking by
 EACL Table 1's metric (MRPC accuracy).
+
+The measurements (``RunCost``, ``SearchCost``) and their tables live in ``dylora.lab.search_tables``, below
+this module; ``dylora.lab.reproduce`` plans these searches from above it.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
-import math
-from dataclasses import asdict, dataclass
+import itertools
 from pathlib import Path
 from typing import Callable, Sequence
 
 from dylora import records
 from dylora.cli.compose import compose_config
-from dylora.errors import ConfigError, RecordError, one_line_errors
+from dylora.errors import ConfigError, one_line_errors
+from dylora.lab.search_tables import (
+    RunCost,
+    SearchCost,
+    default_metric,
+    markdown,
+    run_cost,
+    write_paper_tables,
+    write_tables,
+)
 from dylora.spec import RunSpec
+
+# this module's, and the measurements it returns (defined in dylora.lab.search_tables)
+__all__ = ["POW2", "RESULTS_DIR", "RunCost", "SearchCost", "default_metric", "expand", "lora_config", "main",
+           "markdown", "measure", "parse_ranks", "parser", "run", "run_cost", "search_configs", "search_specs",
+           "write_tables"]
 
 RESULTS_DIR = Path("results") / "search_cost"
 
 
-@dataclass
-class RunCost:
-    """One training of a search, as measured."""
+def expand(overrides: list[str]) -> list[list[str]]:
+    """Every job of ``dylora-run -m overrides``: the sweeps' cartesian product, as Hydra's basic sweeper."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    method: str  # "lora" or "dylora"
-    r_max: int
-    train_seconds: float
-    sweep_seconds: float
-    best_rank: int
-    best_value: float
-    run_dir: str
-
-    @property
-    def seconds(self) -> float:
-        return self.train_seconds + self.sweep_seconds
-
-
-@dataclass
-class SearchCost:
-    task: str
-    split: str
-    metric: str
-    r_max: int
-    lora: list[RunCost]  # one per rank 1..r_max
-    dylora: RunCost
-
-    def summary(self) -> dict:
-        lora_total = sum(r.seconds for r in self.lora)
-        lora_train = sum(r.train_seconds for r in self.lora)
-        best_lora = max(self.lora, key=lambda r: r.best_value)
-        at_r_max = next(r for r in self.lora if r.r_max == self.r_max)
-        return {
-            "task": self.task, "split": self.split, "metric": self.metric, "r_max": self.r_max,
-            "lora_trainings": len(self.lora),
-            "dylora_trainings": 1,
-            "power_of_two_trainings": int(math.log2(self.r_max)) + 1,  # ranks 1, 2, 4, ..., <= r_max
-            "lora_total_seconds": lora_total,
-            "dylora_total_seconds": self.dylora.seconds,
-            "lora_train_seconds": lora_train,
-            "dylora_train_seconds": self.dylora.train_seconds,
-            "speedup": lora_total / self.dylora.seconds,
-            "train_speedup": lora_train / self.dylora.train_seconds,
-            # one DyLoRA training against one LoRA training at the same r_max (the paper's 408 s vs 400 s)
-            "per_run_train_ratio": self.dylora.train_seconds / at_r_max.train_seconds,
-            "lora_best_rank": best_lora.best_rank,
-            "lora_best_value": best_lora.best_value,
-            "dylora_best_rank": self.dylora.best_rank,
-            "dylora_best_value": self.dylora.best_value,
-        }
-
-
-def default_metric(task: str, table: str = "table2") -> tuple[str, str]:
-    """(split, metric) the paper's ``table`` ("table2": EACL Table 2; "table1": Table 1's per-task metric,
-    which EACL Table 1 shares) reports for ``task``, as its task definition says; accuracy on validation
-    for a task without one (the synthetic task)."""
-    from dylora.tasks.registry import table_metric
-
-    defined = table_metric(task, table)
-    return (defined.splits[0], defined.metric) if defined else ("validation", "accuracy")
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    choices = []
+    for o in parsed:
+        if o.is_sweep_override():
+            key = o.get_key_element()
+            choices.append([f"{key}={v}" for v in o.sweep_string_iterator()])
+        else:
+            choices.append([o.input_line])
+    return [list(job) for job in itertools.product(*choices)]
 
 
 def lora_config(config: dict, rank: int) -> dict:
@@ -130,31 +98,12 @@ def search_specs(config: dict, ranks: Sequence[int] | str | None = None) -> tupl
 def search_configs(overrides: list[str], ranks: Sequence[int] | str | None = None) -> list[dict]:
     """The resolved configuration of every run the searches of ``overrides`` (sweeps allowed) train, each
     once: what ``make reproduce-paper`` plans and estimates."""
-    from dylora.lab.reproduce import expand
-
     configs: dict[Path, dict] = {}
     for job in expand(overrides):
         dylora, lora = search_specs(compose_config(job), ranks)
         for spec in (*lora, dylora):
             configs.setdefault(records.run_dir_for(spec.out_dir, spec.config), spec.config)
     return list(configs.values())
-
-
-def run_cost(run_dir: Path, method: str, r_max: int, split: str, metric: str) -> RunCost:
-    """The measured seconds and the best (rank, value) of ``metric`` on ``split`` of one finished run."""
-    record = records.read_run(run_dir, weights=False)  # metrics and seconds only: committed records lack weights
-    if not record.done:
-        raise RecordError(f"{run_dir} is not a finished run ({record.problem})")
-    env = record.env
-    if "train_seconds" not in env or "sweep_seconds" not in env:
-        raise RecordError(f"{run_dir}/env.json lacks train_seconds/sweep_seconds; delete {run_dir} and run it again")
-    values = [(m.value, m.rank) for m in record.metrics  # the paper's truncation, as the search picks ranks
-              if m.split == split and m.metric == metric and m.truncation == "prefix" and m.rank > 0]
-    if not values:
-        found = sorted({(m.split, m.metric) for m in record.metrics})
-        raise ConfigError(f"{run_dir} has no {split}/{metric}; it has {found}: pass --split and --metric")
-    value, rank = max(values, key=lambda vr: (vr[0], -vr[1]))  # ties: the smallest rank
-    return RunCost(method, r_max, float(env["train_seconds"]), float(env["sweep_seconds"]), rank, value, str(run_dir))
 
 
 def measure(
@@ -172,66 +121,6 @@ def measure(
     return SearchCost(dylora.task.name, split, metric, dylora.adapter.r_max, lora_costs, dylora_cost)
 
 
-# ---------------------------------------------------------------------------- tables
-
-CSV_FIELDS = ["method", "r_max", "train_seconds", "sweep_seconds", "seconds", "best_rank", "best_value", "run_dir"]
-
-
-def _rows(cost: SearchCost) -> list[dict]:
-    return [{**asdict(r), "seconds": r.seconds} for r in [*cost.lora, cost.dylora]]
-
-
-def _lora_ranks(cost: SearchCost) -> str:
-    ranks = [r.r_max for r in cost.lora]
-    return f"every rank 1..{cost.r_max}" if ranks == list(range(1, cost.r_max + 1)) else \
-        "ranks " + ", ".join(map(str, ranks))
-
-
-def markdown(cost: SearchCost) -> str:
-    s = cost.summary()
-    lines = [
-        f"# Search cost: LoRA at {_lora_ranks(cost)} vs one DyLoRA run "
-        f"({s['task']}, {s['split']} {s['metric']})",
-        "",
-        "| run | trained r_max | train s | rank sweep s | total s | best rank | best value |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in [*cost.lora, cost.dylora]:
-        lines.append(f"| {r.method} | {r.r_max} | {r.train_seconds:.2f} | {r.sweep_seconds:.2f} | {r.seconds:.2f} | "
-                     f"{r.best_rank} | {r.best_value:.4f} |")
-    lines += [
-        "",
-        "| search | trainings | total s (train + eval) | train s | best rank | best value |",
-        "|---|---:|---:|---:|---:|---:|",
-        f"| LoRA, {_lora_ranks(cost)} | {s['lora_trainings']} | {s['lora_total_seconds']:.2f} | "
-        f"{s['lora_train_seconds']:.2f} | {s['lora_best_rank']} | {s['lora_best_value']:.4f} |",
-        f"| DyLoRA, one run | 1 | {s['dylora_total_seconds']:.2f} | {s['dylora_train_seconds']:.2f} | "
-        f"{s['dylora_best_rank']} | {s['dylora_best_value']:.4f} |",
-        "",
-        f"- one DyLoRA training / one LoRA training at r_max={s['r_max']}: **{s['per_run_train_ratio']:.3f}** "
-        f"(paper, MRPC: 408.39 s / 399.95 s = {408.39 / 399.95:.3f})",
-        f"- measured speed-up of the exhaustive search: **{s['speedup']:.2f}x** in total time, "
-        f"{s['train_speedup']:.2f}x in training time ({s['lora_trainings']} LoRA trainings vs 1)",
-        f"- a power-of-two LoRA search (ranks 1, 2, 4, ..) needs {s['power_of_two_trainings']} trainings; "
-        f"the speed-up is about the number of trainings a search needs times the inverse per-run ratio",
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def write_tables(cost: SearchCost, out_dir: str | Path, stem: str = "search_cost") -> list[Path]:
-    """<stem>.{md,csv,json} in ``out_dir``."""
-    out_dir = Path(out_dir)
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(_rows(cost))
-    paths = [out_dir / f"{stem}.{ext}" for ext in ("md", "csv", "json")]
-    records.atomic_write_text(paths[0], markdown(cost))
-    records.atomic_write_text(paths[1], buffer.getvalue())
-    records.atomic_write_json(paths[2], {"summary": cost.summary(), "runs": _rows(cost)})
-    return paths
-
-
 # ---------------------------------------------------------------------------- command line
 
 
@@ -240,8 +129,6 @@ def run(overrides: list[str], results_dir: str | Path = RESULTS_DIR, split: str 
         paper_tables: bool = False) -> tuple[list[SearchCost], list[Path]]:
     """Compose, run both searches of every combination of the sweeps, write the tables: what the command
     line does."""
-    from dylora.lab.reproduce import expand
-
     costs = []
     for job in expand(overrides):
         dylora, lora = search_specs(compose_config(job), ranks)
@@ -253,8 +140,6 @@ def run(overrides: list[str], results_dir: str | Path = RESULTS_DIR, split: str 
     else:
         paths = [p for c in costs for p in write_tables(c, results_dir, f"search_cost_{c.task}_r{c.r_max}")]
     if paper_tables:
-        from dylora.lab.search_tables import write_paper_tables
-
         paths += write_paper_tables(costs, results_dir)
     return costs, paths
 

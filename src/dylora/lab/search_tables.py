@@ -1,5 +1,7 @@
-"""The paper's rank-search tables from measured searches (``dylora.lab.search_cost``), the paper beside ours.
+"""A rank search's measurements (``dylora.lab.search_cost`` runs the searches) and every table written from them.
 
+* ``search_cost.{md,csv,json}`` (``write_tables``): one search, LoRA at each rank against one DyLoRA run,
+  the runs' measured seconds and the best metric each search finds.
 * ``table1_eacl.{md,csv,tex}``: EACL Table 1, LoRA trained separately at each rank; the best rank per
   task in bold (the paper's point: it differs by task).
 * ``table5.{md,csv,tex}``: EACL Table 5, the LoRA search (separate trainings) against one DyLoRA run
@@ -16,11 +18,12 @@ from __future__ import annotations
 import csv
 import io
 import math
-from dataclasses import replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
 from dylora import records
+from dylora.errors import ConfigError, RecordError
 from dylora.lab import paper
 from dylora.lab.report.experiments import Experiment, Issue, config_value, metric_scale, search_rank, task_order
 from dylora.lab.report.render import latex_table, markdown_table
@@ -30,6 +33,150 @@ from dylora.lab.report.tables import RESOLUTION
 # number of trainings; "shown" when the measured ratio is at least this share of that count.
 COST_SHARE = 0.9
 Cell = tuple[str, bool]
+
+
+# ---------------------------------------------------------------------------- the measured searches
+
+
+@dataclass
+class RunCost:
+    """One training of a search, as measured."""
+
+    method: str  # "lora" or "dylora"
+    r_max: int
+    train_seconds: float
+    sweep_seconds: float
+    best_rank: int
+    best_value: float
+    run_dir: str
+
+    @property
+    def seconds(self) -> float:
+        return self.train_seconds + self.sweep_seconds
+
+
+@dataclass
+class SearchCost:
+    task: str
+    split: str
+    metric: str
+    r_max: int
+    lora: list[RunCost]  # one per rank 1..r_max
+    dylora: RunCost
+
+    def summary(self) -> dict:
+        lora_total = sum(r.seconds for r in self.lora)
+        lora_train = sum(r.train_seconds for r in self.lora)
+        best_lora = max(self.lora, key=lambda r: r.best_value)
+        at_r_max = next(r for r in self.lora if r.r_max == self.r_max)
+        return {
+            "task": self.task, "split": self.split, "metric": self.metric, "r_max": self.r_max,
+            "lora_trainings": len(self.lora),
+            "dylora_trainings": 1,
+            "power_of_two_trainings": int(math.log2(self.r_max)) + 1,  # ranks 1, 2, 4, ..., <= r_max
+            "lora_total_seconds": lora_total,
+            "dylora_total_seconds": self.dylora.seconds,
+            "lora_train_seconds": lora_train,
+            "dylora_train_seconds": self.dylora.train_seconds,
+            "speedup": lora_total / self.dylora.seconds,
+            "train_speedup": lora_train / self.dylora.train_seconds,
+            # one DyLoRA training against one LoRA training at the same r_max (the paper's 408 s vs 400 s)
+            "per_run_train_ratio": self.dylora.train_seconds / at_r_max.train_seconds,
+            "lora_best_rank": best_lora.best_rank,
+            "lora_best_value": best_lora.best_value,
+            "dylora_best_rank": self.dylora.best_rank,
+            "dylora_best_value": self.dylora.best_value,
+        }
+
+
+def default_metric(task: str, table: str = "table2") -> tuple[str, str]:
+    """(split, metric) the paper's ``table`` ("table2": EACL Table 2; "table1": Table 1's per-task metric,
+    which EACL Table 1 shares) reports for ``task``, as its task definition says; accuracy on validation
+    for a task without one (the synthetic task)."""
+    from dylora.tasks.registry import table_metric
+
+    defined = table_metric(task, table)
+    return (defined.splits[0], defined.metric) if defined else ("validation", "accuracy")
+
+
+def run_cost(run_dir: Path, method: str, r_max: int, split: str, metric: str) -> RunCost:
+    """The measured seconds and the best (rank, value) of ``metric`` on ``split`` of one finished run."""
+    record = records.read_run(run_dir, weights=False)  # metrics and seconds only: committed records lack weights
+    if not record.done:
+        raise RecordError(f"{run_dir} is not a finished run ({record.problem})")
+    env = record.env
+    if "train_seconds" not in env or "sweep_seconds" not in env:
+        raise RecordError(f"{run_dir}/env.json lacks train_seconds/sweep_seconds; delete {run_dir} and run it again")
+    values = [(m.value, m.rank) for m in record.metrics  # the paper's truncation, as the search picks ranks
+              if m.split == split and m.metric == metric and m.truncation == "prefix" and m.rank > 0]
+    if not values:
+        found = sorted({(m.split, m.metric) for m in record.metrics})
+        raise ConfigError(f"{run_dir} has no {split}/{metric}; it has {found}: pass --split and --metric")
+    value, rank = max(values, key=lambda vr: (vr[0], -vr[1]))  # ties: the smallest rank
+    return RunCost(method, r_max, float(env["train_seconds"]), float(env["sweep_seconds"]), rank, value, str(run_dir))
+
+
+# ---------------------------------------------------------------------------- one search's tables
+
+CSV_FIELDS = ["method", "r_max", "train_seconds", "sweep_seconds", "seconds", "best_rank", "best_value", "run_dir"]
+
+
+def _rows(cost: SearchCost) -> list[dict]:
+    return [{**asdict(r), "seconds": r.seconds} for r in [*cost.lora, cost.dylora]]
+
+
+def _lora_ranks(cost: SearchCost) -> str:
+    ranks = [r.r_max for r in cost.lora]
+    return f"every rank 1..{cost.r_max}" if ranks == list(range(1, cost.r_max + 1)) else \
+        "ranks " + ", ".join(map(str, ranks))
+
+
+def markdown(cost: SearchCost) -> str:
+    s = cost.summary()
+    lines = [
+        f"# Search cost: LoRA at {_lora_ranks(cost)} vs one DyLoRA run "
+        f"({s['task']}, {s['split']} {s['metric']})",
+        "",
+        "| run | trained r_max | train s | rank sweep s | total s | best rank | best value |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in [*cost.lora, cost.dylora]:
+        lines.append(f"| {r.method} | {r.r_max} | {r.train_seconds:.2f} | {r.sweep_seconds:.2f} | {r.seconds:.2f} | "
+                     f"{r.best_rank} | {r.best_value:.4f} |")
+    lines += [
+        "",
+        "| search | trainings | total s (train + eval) | train s | best rank | best value |",
+        "|---|---:|---:|---:|---:|---:|",
+        f"| LoRA, {_lora_ranks(cost)} | {s['lora_trainings']} | {s['lora_total_seconds']:.2f} | "
+        f"{s['lora_train_seconds']:.2f} | {s['lora_best_rank']} | {s['lora_best_value']:.4f} |",
+        f"| DyLoRA, one run | 1 | {s['dylora_total_seconds']:.2f} | {s['dylora_train_seconds']:.2f} | "
+        f"{s['dylora_best_rank']} | {s['dylora_best_value']:.4f} |",
+        "",
+        f"- one DyLoRA training / one LoRA training at r_max={s['r_max']}: **{s['per_run_train_ratio']:.3f}** "
+        f"(paper, MRPC: 408.39 s / 399.95 s = {408.39 / 399.95:.3f})",
+        f"- measured speed-up of the exhaustive search: **{s['speedup']:.2f}x** in total time, "
+        f"{s['train_speedup']:.2f}x in training time ({s['lora_trainings']} LoRA trainings vs 1)",
+        f"- a power-of-two LoRA search (ranks 1, 2, 4, ..) needs {s['power_of_two_trainings']} trainings; "
+        f"the speed-up is about the number of trainings a search needs times the inverse per-run ratio",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_tables(cost: SearchCost, out_dir: str | Path, stem: str = "search_cost") -> list[Path]:
+    """<stem>.{md,csv,json} in ``out_dir``."""
+    out_dir = Path(out_dir)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(_rows(cost))
+    paths = [out_dir / f"{stem}.{ext}" for ext in ("md", "csv", "json")]
+    records.atomic_write_text(paths[0], markdown(cost))
+    records.atomic_write_text(paths[1], buffer.getvalue())
+    records.atomic_write_json(paths[2], {"summary": cost.summary(), "runs": _rows(cost)})
+    return paths
+
+
+# ---------------------------------------------------------------------------- the paper's tables
 
 
 def _fmt(value: float | None) -> str:
@@ -211,8 +358,6 @@ def search_costs(exp: Experiment) -> list:
     """Every search of a search experiment's records, as ``search_cost`` measured it: per DyLoRA run (task,
     r_max), the LoRA runs of its task and seed at ranks up to r_max. One seed is reported (the smallest), as
     the searches are run; the runs of any other seed are listed as unused."""
-    from dylora.lab.search_cost import SearchCost, default_metric, run_cost
-
     seed = min(r.seed for r in exp.used)
     exp.issues += [Issue(r.task, r.method, r.seed, "unused", f"{r.path.name}: the search tables take one seed "
                          f"({seed}); report another seed from an out_dir of its own")
@@ -239,8 +384,6 @@ def search_costs(exp: Experiment) -> list:
 def report_search(exp: Experiment, dest: Path) -> list[Path]:
     """``search_cost_<task>_r<r_max>.*`` per search, EACL Tables 1 and 5 and ``finding.md`` in ``dest``, from
     the records of a search experiment; run folders are named relative to the out_dir read."""
-    from dylora.lab.search_cost import write_tables
-
     costs = search_costs(exp)
     if not costs:
         return []
