@@ -38,7 +38,7 @@ def app(cfg: DictConfig) -> str | None:
 
     try:
         spec = RunSpec.from_dict(OmegaConf.to_container(cfg, resolve=True))
-        return str(execute(spec))
+        return str(print_rank_summary(execute(spec), spec.adapter.r_min, spec.adapter.r_max))
     except (DyLoRAError, OSError) as error:  # OSError: the environment's (disk full, read-only, ...)
         e = error if isinstance(error, DyLoRAError) else os_error_message(error)
         print(f"error: {e}", file=sys.stderr, flush=True)
@@ -82,6 +82,42 @@ def _leave_process_group() -> None:
     torch_dist = sys.modules.get("torch.distributed")
     if torch_dist is not None and torch_dist.is_available() and torch_dist.is_initialized():
         torch_dist.destroy_process_group()
+
+
+def print_rank_summary(run_dir: Path, r_min: int, r_max: int) -> Path:
+    """Print the finished run's rank curve in short (``rank_summary``) on stdout, once (the main process under
+    torchrun); return ``run_dir``."""
+    from dylora.records import read_metrics
+
+    if os.environ.get("RANK", "0") == "0":
+        print("\n".join(rank_summary(read_metrics(run_dir), r_min, r_max, run_dir)), flush=True)
+    return run_dir
+
+
+def rank_summary(rows: list, r_min: int, r_max: int, run_dir: Path | str = "") -> list[str]:
+    """A table of each truncation's metrics (``records.MetricRow``s): the value at r_min, at r_max, the mean over
+    the ranks 1..r_max evaluated, and the adapter off (rank 0, out of the mean); "-" where a rank was not
+    evaluated."""
+    if not rows:
+        return [f"rank curve: no metrics in {run_dir}"]
+    values = {(m.truncation, m.split, m.metric, m.rank): m.value for m in rows}
+    off = {(m.split, m.metric): m.value for m in rows if m.rank == 0}  # the base model: one value, any truncation
+    first = rows[0]
+    ranks = sorted({m.rank for m in rows if m.rank > 0})
+    over = f"1..{r_max}" if ranks == list(range(1, r_max + 1)) else ", ".join(map(str, ranks))
+    header = ["truncation", "split", "metric", f"rank {r_min} (r_min)", f"rank {r_max} (r_max)",
+              f"mean over ranks {over}", "adapter off (rank 0)"]
+    table = [header]
+    for curve in dict.fromkeys((m.truncation, m.split, m.metric) for m in rows):
+        ranked = [v for (*c, r), v in values.items() if tuple(c) == curve and r > 0]
+        mean = sum(ranked) / len(ranked) if ranked else None
+        cells = [values.get((*curve, r_min)), values.get((*curve, r_max)), mean, off.get(curve[1:])]
+        table.append([*curve, *("-" if v is None else f"{v:.4f}" for v in cells)])
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    lines = [f"rank curve of {first.task} {first.method} seed {first.seed} ({run_dir}):"]
+    lines += ["  " + "  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+              for row in table]
+    return lines
 
 
 if __name__ == "__main__":
