@@ -90,11 +90,15 @@ def _command(module: str, end: str) -> list[str]:
 
 
 def test_gpu_check_runs_the_bench_with_options_it_has():
-    from dylora.lab.bench import parse_options
+    from dylora.lab.bench import parse_options, parser
 
     args = _command("dylora.lab.bench", "BENCH_ARGS")
     opts, child = parse_options([*args, "--repeats=2", "--batch=4", "--seq=32"])  # the script's BENCH_ARGS example
     assert (opts.device, opts.model_path, opts.out, child) == ("cpu", "/bundle/minilm", "/results/bench.json", None)
+    if "--real OVERRIDE" in parser().format_help():  # the real run: from the bundle, as the script detects it
+        real = re.search(r"REAL_ARGS=\((--real.*?)\)", CHECK.read_text().replace("\\\n", " "), re.S)
+        opts, _ = parse_options([*args, *(a.replace("$BUNDLE", "/bundle") for a in shlex.split(real.group(1)))])
+        assert "data.glue_dir=/bundle/glue" in opts.real and "model.path=/bundle/minilm" in opts.real
 
 
 def test_gpu_check_runs_configurations_that_compose(tmp_path):
