@@ -8,20 +8,25 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import pandas as pd
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 
 from dylora.errors import ConfigError
 from dylora.lab import paper
+from dylora.lab.report.evidence import curve_bands
 from dylora.lab.report.experiments import (
     LOWER_IS_BETTER,
+    SVD,
     Experiment,
     method_label,
     method_order,
     metric_scale,
     task_order,
+    trained_method,
 )
 from dylora.lab.report.figures import plt, save_figure
 from dylora.lab.report.render import issues_markdown, markdown_table
-from dylora.lab.report.scoring import TABLE2_PAPER, scores
+from dylora.lab.report.scoring import TABLE2_PAPER, metric_spec, scores
 from dylora.sweep import normalised_auc
 
 
@@ -55,34 +60,73 @@ def _paper_curve(method: str, task: str, metric: str, ranks: Iterable[int]) -> d
     return {r: v for r, v in points.items() if v is not None}
 
 
+BAND = "band: 90 % interval of the mean over seeds (seeds and dev rows)"
+NO_BAND = "no band: these runs kept no predictions"
+
+
 def plot_rank_curves(exp: Experiment, dest: Path) -> list[Path]:
-    """One figure per task: mean over seeds per method, ±std band, the paper's points as crosses."""
+    """One figure per task, one panel per truncation (prefix; SVD where evaluated): each method's mean over
+    seeds by rank, its 90 % interval as a band where its runs kept predictions, rank 0 (the adapter off) as
+    a hollow square, the paper's points as black-edged crosses; the legend beside the panels."""
     curves, paths = _curves(exp), []
+    off = _adapter_off(exp)
     for task in task_order(curves["task"].unique()):
-        fig, ax = plt.subplots(figsize=(6, 4))
         of_task = curves[curves["task"] == task]
-        for i, method in enumerate(method_order(of_task["method"])):
-            _plot_method(ax, of_task[of_task["method"] == method].sort_values("rank"), method, task, f"C{i}")
+        methods = method_order(of_task["method"])
+        panels = [p for p in ("prefix", "svd") if any((SVD in m) == (p == "svd") for m in methods)]
+        bands = curve_bands(exp, task)
+        fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), sharey=True, squeeze=False)
+        colors = {trained_method(m): f"C{i}" for i, m in enumerate(dict.fromkeys(map(trained_method, methods)))}
+        for ax, panel in zip(axes[0], panels):
+            for method in (m for m in methods if (SVD in m) == (panel == "svd")):
+                c = of_task[of_task["method"] == method].sort_values("rank")
+                _plot_method(ax, c, method, task, colors[trained_method(method)], bands, off.get((task, method)))
+            ax.set(xlabel="rank b (0: adapter off)" if any(t == task for t, _ in off) else "rank b",
+                   title="prefix truncation (the paper's)" if panel == "prefix" else "SVD truncation")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.grid(alpha=0.3)
         metric = of_task["metric"].iloc[0]
-        ax.set(xlabel="rank b", ylabel=f"{metric}{' (x100)' if metric_scale(task, metric) == 100 else ''}",
-               title=f"{paper.TASKS.get(task, task)} ({exp.name})")
-        ax.legend(fontsize="small")
-        ax.grid(alpha=0.3)
+        axes[0][0].set_ylabel(f"{metric}{' (%)' if metric_scale(task, metric) == 100 else ''}")
+        fig.suptitle(f"{paper.TASKS.get(task, task)} ({exp.name}); {BAND if bands else NO_BAND}", fontsize="medium")
+        handles = {label: h for ax in axes[0] for h, label in zip(*ax.get_legend_handles_labels())}
+        if any(t == task for t, _ in off):
+            handles["adapter off (rank 0)"] = Line2D([], [], marker="s", markerfacecolor="none", color="grey",
+                                                     linestyle="none")
+        fig.legend(handles.values(), handles.keys(), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize="small")
+        fig.tight_layout()
         for ext in ("png", "svg"):
             paths.append(save_figure(fig, dest / f"rank_curve_{task}.{ext}"))
         plt.close(fig)
     return paths
 
 
-def _plot_method(ax: Any, c: pd.DataFrame, method: str, task: str, color: str) -> None:
+def _adapter_off(exp: Experiment) -> dict[tuple[str, str], float]:
+    """(task, method) -> the mean over seeds of the rank-0 score (Table 2 metric), where recorded."""
+    rows = exp.metrics(adapter_off=True)
+    out = {}
+    for (task, method), group in rows.groupby(["task", "method"]):
+        spec = metric_spec(task, "table2", exp.metrics())
+        sel = group[(group["metric"] == spec.metric) & group["split"].isin(spec.splits)] if spec else group[:0]
+        if len(sel):
+            per_seed = sel.groupby("seed")["value"].mean()
+            out[(task, method)] = float(per_seed.mean()) * metric_scale(task, spec.metric)
+    return out
+
+
+def _plot_method(ax: Any, c: pd.DataFrame, method: str, task: str, color: str,
+                 bands: dict[tuple[str, int], Any], off: float | None) -> None:
     label = method_label(method)
     ax.plot(c["rank"], c["mean"], marker="o", color=color, label=f"{label} (n={int(c['count'].max())})")
-    if (c["count"] > 1).any():
-        std = c["std"].fillna(0)
-        ax.fill_between(c["rank"], c["mean"] - std, c["mean"] + std, color=color, alpha=0.2)
+    band = [bands.get((method, int(r))) for r in c["rank"]]
+    if all(b is not None for b in band):
+        ax.fill_between(c["rank"], [b.lo for b in band], [b.hi for b in band], color=color, alpha=0.2)
+    if off is not None:
+        ax.plot([0], [off], marker="s", markerfacecolor="none", color=color, linestyle="none")
+        ax.plot([0, int(c["rank"].min())], [off, float(c["mean"].iloc[0])], color=color, linestyle=":", alpha=0.6)
     theirs = _paper_curve(method, task, c["metric"].iloc[0], c["rank"])
     if theirs:
-        ax.scatter(list(theirs), list(theirs.values()), marker="x", color=color, label=f"{label} (paper)")
+        ax.scatter(list(theirs), list(theirs.values()), marker="X", s=60, color=color, edgecolors="black",
+                   linewidths=0.8, zorder=3, label=f"{label} (paper)")
 
 
 # ---------------------------------------------------------------------------- summary
