@@ -97,7 +97,8 @@ def test_bench_writes_every_ratio(tmp_path):
     assert 0 < result["mfu_fp32"] < 1 and raw["step_flops"] > raw["eval_flops"] > 0
     real = raw["real_run_seconds"]
     assert len(real["before"]) == len(real["after"]) == 2  # ABBA
-    assert result["real_run_ratio"] == pytest.approx(statistics.median(real["after"]) / statistics.median(real["before"]))
+    assert result["real_run_ratio"] == pytest.approx(
+        statistics.median(real["after"]) / statistics.median(real["before"]))
     assert set(result["pad_ratios"]) == {"seq100", "seq104", "seq112", "seq128"} and result["pad_ratios"]["seq100"] == 1
     assert set(result["eval_seconds_per_sequence"]) == {"batch32", "batch64", "batch128", "batch256"}
     mem = raw["peak_memory_bytes"]
