@@ -214,7 +214,8 @@ def write_finding(exp: Experiment, dest: Path, margin: float = 3.0, gap: float =
         per_seed = "; ".join(f"{r.task}: {r.per_seed}" for r in finding.itertuples())
         md += f"- point verdict per seed (the checks each seed's curves fail): {per_seed}.\n"
     if ablations:
-        md += "\n## The ablations' claims\n\n" + "".join(f"- {line}\n" for line in ablations)
+        md += ("\n## The ablations' claims\n\nJudged on point estimates (the ablation runs are one seed each): "
+               "these lines carry no interval.\n\n" + "".join(f"- {line}\n" for line in ablations))
     svd = svd_findings(exp, intervals)
     if svd:
         md += ("\n## Does DyLoRA beat LoRA compressed by SVD at low ranks?\n\n"
