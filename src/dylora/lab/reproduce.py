@@ -1,9 +1,9 @@
 """The plan of a ``make reproduce-*`` multirun, printed before any training starts.
 
-    python -m dylora.lab.reproduce OVERRIDE ...                          # the jobs of dylora-run -m OVERRIDE ...
+    python -m dylora.lab.reproduce OVERRIDE ...                               # dylora-run -m OVERRIDE ...'s jobs
     python -m dylora.lab.reproduce search [--ranks R,R,..|pow2] OVERRIDE ...  # dylora.lab.search_cost's runs
-    python -m dylora.lab.reproduce OVERRIDE ... :: OVERRIDE ...          # several sweeps, and their total
-    make reproduce-table1-cpu PLAN=1     # any reproduce-* target: its plan and cost, and nothing run
+    python -m dylora.lab.reproduce OVERRIDE ... :: OVERRIDE ...               # several sweeps, and their total
+    make reproduce-table1-cpu PLAN=1       # any make reproduce-* target: its plan and cost, and nothing run
 
 e.g. ``python -m dylora.lab.reproduce experiment=table1_cpu task=cola,mrpc method=lora,dylora seed=42
 data.glue_dir=../shared/data/glue``. It takes the very overrides the Makefile hands to ``dylora-run -m``,
