@@ -68,3 +68,18 @@ def one_line_errors(prog: str) -> Iterator[None]:
 def _exit(prog: str, message: str) -> None:
     print(f"{prog}: error: {message}", file=sys.stderr)
     sys.exit(1)
+
+
+def check_folder_name(option: str, value: object) -> str:
+    """``value`` as a folder name, or a ConfigError naming ``option``: a name that becomes a folder of a run
+    record or a results folder must be one plain path component, so that it can never point outside the
+    folder it is written under (no ``/``, ``\\``, ``..``, leading ``.``, NUL; not empty). Every command that
+    turns a user's name into a folder calls this (dylora-run, dylora-report, dylora-adapter-curve,
+    dylora-allocate)."""
+    text = "" if value is None else str(value)
+    if text and not any(bad in text for bad in ("/", "\\", "\0", "..")) and not text.startswith("."):
+        return text
+    example = "".join(c if c.isalnum() or c in "-_" else "_" for c in text).strip("_") or "my_name"
+    shown = text if text.isprintable() else repr(text)
+    raise ConfigError(f"{option}={shown} is not a plain name: it names a folder, so it must be one path component "
+                      f"(not empty; no '/', '\\', '..', leading '.' or NUL), e.g. {option}={example}")

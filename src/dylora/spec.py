@@ -10,11 +10,17 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from dylora.adapters import TRUNCATIONS, AdapterConfig
-from dylora.errors import ConfigError
+from dylora.errors import ConfigError, check_folder_name
 from dylora.precision import check_base_dtype, device_type, resolve_precision
 
 MODEL_SOURCES = ("pretrained", "bundled", "tiny")
 FAMILIES = ("encoder", "decoder")
+# the run configuration's top-level keys (``source_adapter``: dylora-adapter-curve's) and ``eval``'s: any other
+# is a typo, refused as the sections' own unknown keys are
+TOP_LEVEL = ("experiment", "seed", "preset", "out_dir", "eval", "model", "task", "method", "trainer", "data", "logger",
+             "source_adapter")
+SECTIONS = ("model", "task", "method", "trainer", "data", "logger")  # each a mapping the run needs
+EVAL_OPTIONS = ("truncation",)
 
 
 def _build(cls, section: str, values: dict[str, Any]):
@@ -68,7 +74,7 @@ class TaskSpec:
         from dylora.tasks.registry import task_kind
 
         values = dict(values)
-        name, kind = values.pop("name"), values.pop("kind", "glue")
+        name, kind = check_folder_name("task.name", values.pop("name", None)), values.pop("kind", "glue")
         return cls(name, kind, _build(task_kind(kind).options, "task", values))
 
 
@@ -106,6 +112,7 @@ class TrainerSpec:
     tf32: bool = True  # TF32 matmuls and convolutions on CUDA (resolved to false elsewhere)
     init_from: str | None = None  # a task name: start from that task's finished adapter (MNLI trick)
     fast_dropout: bool = False  # dylora.dropout: the same dropout from a cheaper random stream (CPU speed)
+    threads: int | None = None  # torch's intra-op threads for the run (results follow it on a CPU); None: torch's own
     per_task: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -113,6 +120,10 @@ class TrainerSpec:
             _positive("trainer", name, getattr(self, name))
         _positive("trainer", "max_steps", self.max_steps, allow_none=True)
         _positive("trainer", "max_grad_norm", self.max_grad_norm, allow_none=True)
+        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
+                                         or self.threads < 1):
+            raise ConfigError(f"trainer.threads={self.threads!r} must be a whole number >= 1, or null (torch's "
+                              "default)")
         if not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"trainer.warmup_ratio={self.warmup_ratio!r} must be in [0, 1)")
         if self.weight_decay < 0:
@@ -168,8 +179,9 @@ class RunSpec:
     @classmethod
     def from_dict(cls, config: dict[str, Any]) -> "RunSpec":
         """Validate a resolved configuration (plain dict) into a RunSpec."""
+        _check_keys(config)
         method = dict(config["method"])
-        name = method.pop("name")
+        name = check_folder_name("method.name", method.pop("name", None))
         eval_ranks = method.pop("eval_ranks", None)
         adapter = AdapterConfig.from_dict(method)
         ranks = list(range(1, adapter.r_max + 1)) if eval_ranks is None else eval_ranks
@@ -177,7 +189,7 @@ class RunSpec:
         if not whole or not ranks or any(not 1 <= r <= adapter.r_max for r in ranks):
             raise ConfigError(f"method.eval_ranks={eval_ranks} must be a list of whole ranks within "
                               f"1..r_max={adapter.r_max}, e.g. method.eval_ranks=[1,2,{adapter.r_max}]")
-        seed = config["seed"]
+        seed = config.get("seed")
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise ConfigError(f"seed={seed!r} must be a whole number >= 0")
         task = TaskSpec.from_dict(config["task"])
@@ -189,13 +201,13 @@ class RunSpec:
             raise ConfigError(f"trainer.label_smoothing={trainer.label_smoothing} applies to nlg tasks only; "
                               f"set it to 0 for task={task.name}")
         return cls(
-            experiment=str(config["experiment"]),
+            experiment=check_folder_name("experiment", config.get("experiment")),
             seed=seed,
             preset=str(config.get("preset", "none")),
             out_dir=str(config["out_dir"]),
             model=model,
             task=task,
-            method_name=str(name),
+            method_name=name,
             adapter=adapter,
             eval_ranks=sorted(set(ranks)),
             truncations=_truncations((config.get("eval") or {}).get("truncation", "prefix")),
@@ -204,6 +216,24 @@ class RunSpec:
             logger=_build(LoggerSpec, "logger", dict(config["logger"])),
             config=_effective(config, trainer),
         )
+
+
+def _check_keys(config: dict[str, Any]) -> None:
+    """Every top-level and ``eval`` key known, every section present: a typo (``+foo=1``,
+    ``+eval.truncaton=svd``) or a missing section (``task=`` naming a file of another group) is one line."""
+    unknown = sorted(set(config) - set(TOP_LEVEL))
+    if unknown:
+        raise ConfigError(f"unknown top-level option(s) {unknown}; known: {sorted(TOP_LEVEL)}")
+    missing = [s for s in SECTIONS if not isinstance(config.get(s), dict)]
+    if missing:
+        raise ConfigError(f"the configuration has no {missing[0]} section (a mapping): pick one with "
+                          f"{missing[0]}=NAME, a file of conf/{missing[0]}/")
+    evaluation = config.get("eval") or {}
+    if not isinstance(evaluation, dict):
+        raise ConfigError(f"eval={evaluation!r} must be a mapping, e.g. eval.truncation=prefix")
+    unknown = sorted(set(evaluation) - set(EVAL_OPTIONS))
+    if unknown:
+        raise ConfigError(f"unknown eval option(s) {unknown}; known: {sorted(EVAL_OPTIONS)}")
 
 
 def _truncations(value: Any) -> list[str]:

@@ -12,16 +12,20 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import hydra
+import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from dylora.cli.compose import CONF_MODULE
-from dylora.errors import DyLoRAError, os_error_message
+from dylora.cli.compose import CONF_MODULE, check_overrides, yaml_problem
+from dylora.errors import ConfigError, DyLoRAError, os_error_message
 
 _failures: list[str] = []
 
@@ -52,12 +56,17 @@ def app(cfg: DictConfig) -> str | None:
 
 
 def main() -> None:
-    problem = out_dir_problem(sys.argv[1:])
+    try:
+        check_overrides(sys.argv[1:])  # a group set to null, or to a path: Hydra's traceback otherwise
+        problem = out_dir_problem(sys.argv[1:])
+    except ConfigError as e:
+        problem = str(e)
     if problem:  # Hydra makes its folder under out_dir before the app runs: say it before, in one line
         print(f"error: {problem}", file=sys.stderr)
         sys.exit(1)
     try:
-        app()
+        with _hydra_errors_in_one_line():
+            app()
     finally:
         _leave_process_group()
     if _failures:
@@ -67,14 +76,53 @@ def main() -> None:
 
 def out_dir_problem(argv: list[str], default: str = "experiments") -> str | None:
     """Why ``out_dir`` (from the command line, else its default) cannot be written to; None when it can."""
-    value = next((a.split("=", 1)[1] for a in argv if a.lstrip("+").startswith("out_dir=")), default)
+    given = [a.split("=", 1)[1] for a in argv if a.lstrip("+").startswith("out_dir=")]
+    value = given[-1] if given else default  # the last one wins, as in Hydra
     path = Path(value).absolute()
     existing = next(p for p in (path, *path.parents) if p.exists())
     if not existing.is_dir():
         return f"out_dir={value}: {existing} is a file, not a folder; choose another out_dir="
     if not os.access(existing, os.W_OK | os.X_OK):
         return f"out_dir={value}: {existing} cannot be written to (read-only or no permission); choose another out_dir="
+    try:  # what os.access cannot tell (a pseudo file system such as /sys): make a folder there, and remove it
+        os.rmdir(tempfile.mkdtemp(dir=existing, prefix=".dylora-probe-"))
+    except OSError as e:
+        return f"out_dir={value}: no folder can be made in {existing} ({e.strerror or e}); choose another out_dir="
     return None
+
+
+@contextmanager
+def _hydra_errors_in_one_line() -> Iterator[None]:
+    """What fails while Hydra reads the configuration or makes its folders, before the app runs, as one line
+    and exit status 1 instead of Hydra's traceback: a configuration file PyYAML cannot read (a YAML tag such as
+    ``!!python/object/apply:...``) and the environment's errors. Hydra runs each of those steps through its
+    ``run_and_report``, which prints any exception but its own compact ones as a traceback: each step is wrapped
+    meanwhile (hydra-core 1.3)."""
+    from hydra._internal import utils as hydra_utils
+
+    original = getattr(hydra_utils, "run_and_report", None)
+    if original is None:  # another Hydra: its own reports
+        yield
+        return
+
+    def run_and_report(func):
+        def one_line():
+            try:
+                return func()
+            except yaml.YAMLError as e:
+                problem = yaml_problem(e)
+            except OSError as e:
+                problem = os_error_message(e)
+            print(f"error: {problem}", file=sys.stderr, flush=True)
+            sys.exit(1)
+
+        return original(one_line)
+
+    hydra_utils.run_and_report = run_and_report
+    try:
+        yield
+    finally:
+        hydra_utils.run_and_report = original
 
 
 def _leave_process_group() -> None:
