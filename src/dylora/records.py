@@ -69,6 +69,7 @@ HASH_NEUTRAL: dict[str, Any] = {
     "method.sampling": "global",
     "data.selection_rows": None,
     "trainer.fast_dropout": False,
+    "trainer.threads": None,  # torch's default thread count, as every run had before the option
 }
 
 
@@ -264,9 +265,12 @@ def record_files(run_dir: str | Path) -> list[str]:
     return sorted(names)
 
 
+MISSING = "missing"  # data_fingerprint's value for a file that is not there
+
+
 def data_fingerprint(paths: Iterable[str | Path]) -> dict[str, str]:
     """sha256 of each file, by path (``missing`` for a file that is not there)."""
-    return {str(p): sha256_file(p) if Path(p).is_file() else "missing" for p in paths}
+    return {str(p): sha256_file(p) if Path(p).is_file() else MISSING for p in paths}
 
 
 def write_data(run_dir: str | Path, fingerprint: dict[str, str]) -> None:
@@ -281,6 +285,22 @@ def changed_data(run_dir: str | Path, fingerprint: dict[str, str]) -> list[str]:
         return []
     recorded = json.loads(path.read_text())["sha256"]
     return sorted(name for name in recorded.keys() | fingerprint.keys() if recorded.get(name) != fingerprint.get(name))
+
+
+def set_aside(run_dir: str | Path, why: str) -> list[Path]:
+    """The folders ``run_dir`` was moved aside to as ``why`` (``<run>.<why>-<time>``), newest first."""
+    run_dir = Path(run_dir)
+    return sorted(run_dir.parent.glob(f"{run_dir.name}.{why}-*"), reverse=True)
+
+
+def made_from(run_dir: str | Path, fingerprint: dict[str, str]) -> bool:
+    """True when ``run_dir`` is a finished record (DONE verifies) whose data fingerprint is ``fingerprint``:
+    a record set aside as stale that its data matches again (the same files back) is that run's result."""
+    try:
+        done = verify_done(run_dir)
+    except RecordError:
+        return False
+    return done and (Path(run_dir) / DATA).is_file() and not changed_data(run_dir, fingerprint)
 
 
 def mark_done(run_dir: str | Path) -> None:

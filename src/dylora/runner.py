@@ -16,8 +16,9 @@ import shutil
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import torch.distributed as torch_dist
@@ -34,7 +35,7 @@ from dylora.adapters import (
 )
 from dylora.adapters.io import load_adapter, load_lora_weights
 from dylora.dropout import use_fast_dropout
-from dylora.errors import ConfigError, RecordError, TrainingError
+from dylora.errors import ConfigError, DataError, RecordError, TrainingError
 from dylora.models import load_model, load_tokenizer
 from dylora.precision import cast_frozen, set_tf32
 from dylora.spec import RunSpec
@@ -50,25 +51,67 @@ def say(message: str) -> None:
 
 def finished(run_dir: Path, data: dict[str, str]) -> bool:
     """True when the record is complete and was made from ``data`` (a data fingerprint). A corrupted
-    record, or one whose data has changed since, is moved aside (reported, kept, never used)."""
+    record, or one whose data has changed since, is moved aside (reported, kept, never used); a record
+    set aside as stale whose data matches ``data`` again is taken back instead of training again. A data
+    file that is missing while a record exists is an error, and nothing is moved."""
+    missing = sorted(path for path, digest in data.items() if digest == records.MISSING)
+    if missing and (run_dir.exists() or records.set_aside(run_dir, "stale")):
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise DataError(f"data file {missing[0]}{more} is missing: put it back, or point data.glue_dir= / "
+                        f"data.nlg_dir= to the folder that holds it; the record {run_dir} is left as it is")
     try:
         done = records.verify_done(run_dir)
     except RecordError as e:
         say(f"warning: {e}\nmoved it to {_move_aside(run_dir, 'corrupt')}; running it again")
-        return False
+        done = False
     changed = records.changed_data(run_dir, data) if done else []
     if changed:
         more = f" and {len(changed) - 1} more" if len(changed) > 1 else ""
         say(f"data changed since {run_dir} ran ({changed[0]}{more}): running it again; the old record is kept "
             f"in {_move_aside(run_dir, 'stale')}")
+    elif done:
+        return True
+    return _take_back(run_dir, data)
+
+
+def _take_back(run_dir: Path, data: dict[str, str]) -> bool:
+    """Put back the newest record set aside as stale that was made from ``data``; whether there was one. An
+    unfinished run in its place (trained from other data) is moved aside first."""
+    kept = next((aside for aside in records.set_aside(run_dir, "stale") if records.made_from(aside, data)), None)
+    if kept is None:
         return False
-    return done
+    if run_dir.exists():
+        say(f"moved the unfinished {run_dir} to {_move_aside(run_dir, 'unfinished')}")
+    kept.rename(run_dir)
+    say(f"the data of {run_dir} is again what its record {kept.name} was made from: took that record back "
+        "instead of training again")
+    return True
 
 
 def _move_aside(run_dir: Path, why: str) -> Path:
-    aside = run_dir.with_name(f"{run_dir.name}.{why}-{time.strftime('%Y%m%d-%H%M%S')}")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    aside = run_dir.with_name(f"{run_dir.name}.{why}-{stamp}")
+    n = 1
+    while aside.exists():  # twice in one second: never onto an earlier one
+        n += 1
+        aside = run_dir.with_name(f"{run_dir.name}.{why}-{stamp}-{n}")
     run_dir.rename(aside)
     return aside
+
+
+@contextmanager
+def pinned_threads(threads: int | None) -> Iterator[None]:
+    """torch's intra-op thread count set to ``threads`` meanwhile (``trainer.threads``; None: left alone):
+    a CPU's results follow the thread count, so a run that must reproduce committed numbers names it."""
+    if threads is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def execute(spec: RunSpec, progress: bool = True, load: Callable[[nn.Module], None] | None = None) -> Path:
@@ -78,10 +121,11 @@ def execute(spec: RunSpec, progress: bool = True, load: Callable[[nn.Module], No
     record holds that adapter's rank curves (train_steps 0; ``dylora-adapter-curve``)."""
     run_dir = records.run_dir_for(spec.out_dir, spec.config)
     dist = _init_distributed()
-    if not dist.is_main:
-        return _execute(spec, run_dir, dist, progress, load)
-    with records.run_lock(run_dir, lambda: say(f"waiting: {run_dir} is being run by another process")):
-        return _execute(spec, run_dir, dist, progress, load)
+    with pinned_threads(spec.trainer.threads):
+        if not dist.is_main:
+            return _execute(spec, run_dir, dist, progress, load)
+        with records.run_lock(run_dir, lambda: say(f"waiting: {run_dir} is being run by another process")):
+            return _execute(spec, run_dir, dist, progress, load)
 
 
 def _execute(spec: RunSpec, run_dir: Path, dist: Distributed, progress: bool,
