@@ -25,8 +25,8 @@ from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
 from dylora.cli.compose import CONF_MODULE
-from dylora.errors import ConfigError, DyLoRAError, os_error_message
-from dylora.lab.report import Experiment, select_experiments, write_report
+from dylora.errors import ConfigError, DyLoRAError, check_folder_name, os_error_message
+from dylora.lab.report import Experiment, report_files, select_experiments, write_report
 
 
 def _fail(error: object) -> None:
@@ -43,17 +43,23 @@ def _tolerance(value: object) -> float:
 
 @hydra.main(version_base="1.3", config_path=None, config_name="report")
 def _report(cfg: DictConfig) -> None:
-    corrupted = 0
+    corrupted, kept = 0, []
     try:
         tolerance = _tolerance(cfg.tolerance)
-        experiments = select_experiments(to_absolute_path(str(cfg.out_dir)),  # relative to where it was run
-                                         None if cfg.experiment is None else str(cfg.experiment))
+        experiment = None if cfg.experiment is None else check_folder_name("experiment", cfg.experiment)
+        experiments = select_experiments(to_absolute_path(str(cfg.out_dir)), experiment)  # relative to the cwd
+        results_dir = Path(to_absolute_path(str(cfg.results_dir)))
         for name, exp in experiments.items():
-            paths = write_report(exp, to_absolute_path(str(cfg.results_dir)), tolerance)
-            print(f"{name}: wrote {len(paths)} files to {Path(to_absolute_path(str(cfg.results_dir))) / name}")
-            for path in paths:
-                print(f"  {path.name}")
-            _print_finding(Path(to_absolute_path(str(cfg.results_dir))) / name / "finding.csv")
+            paths = write_report(exp, results_dir, tolerance)
+            if not paths and report_files(results_dir / name):
+                kept.append(results_dir / name)
+                print(f"{name}: no run has metrics: the earlier report in {results_dir / name} is kept as it was",
+                      file=sys.stderr)
+            else:
+                print(f"{name}: wrote {len(paths)} files to {results_dir / name}")
+                for path in paths:
+                    print(f"  {path.name}")
+                _print_finding(results_dir / name / "finding.csv")
             corrupted += _print_issues(exp)
     except DyLoRAError as e:
         _fail(e)
@@ -62,6 +68,9 @@ def _report(cfg: DictConfig) -> None:
     if corrupted:
         _fail(f"{corrupted} corrupted run record(s), left out of the tables (listed above); "
               "delete each and run it again")
+    if kept:
+        _fail(f"no run of {', '.join(p.name for p in kept)} has metrics: its earlier report is kept as it was; "
+              "finish a run (dylora-run) and report again")
 
 
 def _print_issues(exp: Experiment) -> int:

@@ -50,9 +50,12 @@ from __future__ import annotations
 
 import math
 import os
+import re
+import shutil
+import tempfile
 from pathlib import Path
 
-from dylora.errors import ConfigError
+from dylora.errors import ConfigError, check_folder_name
 from dylora.lab.report.curves import min_rank_within, normalised_auc, plot_rank_curves, rank_summary, write_summary
 from dylora.lab.report.experiments import CSV_COLUMNS, Experiment, Issue, load_experiments
 from dylora.lab.report.finding import paper_finding, write_finding
@@ -62,17 +65,55 @@ from dylora.lab.report.scoring import scores
 from dylora.lab.report.tables import table1, table2, table4, table4_findings, table7, table7_findings
 
 __all__ = [
-    "CSV_COLUMNS", "Experiment", "Issue", "build_report", "load_experiments", "min_rank_within", "normalised_auc",
-    "paper_finding", "rank_summary", "scores", "select_experiments", "table1", "table2", "table4", "table7",
-    "write_finding",
-    "write_report",
+    "CSV_COLUMNS", "Experiment", "Issue", "REPORT_FILE", "build_report", "load_experiments", "min_rank_within",
+    "normalised_auc", "paper_finding", "rank_summary", "report_files", "scores", "select_experiments", "table1",
+    "table2", "table4", "table7", "write_finding", "write_report",
 ]
 
 
+# the files a report writes, by name: one an earlier report wrote that this one does not is removed, and
+# anything else in the folder (records/, CALIBRATION.md, ...) is left alone
+REPORT_FILE = re.compile(r"(table\d+\w*|rank_curves?_[\w.-]+|summary|finding)\.(md|csv|tex|png|svg)"
+                         r"|search_cost_\w+\.(md|csv|json)")
+
+
+def report_files(dest: str | Path) -> list[Path]:
+    """The files of the report in ``dest`` (``REPORT_FILE``'s names), none when there is none."""
+    dest = Path(dest)
+    return sorted(p for p in dest.iterdir() if p.is_file() and REPORT_FILE.fullmatch(p.name)) if dest.is_dir() else []
+
+
 def write_report(exp: Experiment, results_dir: str | Path, tolerance: float = 1.0) -> list[Path]:
-    """Every table, plot and summary for one experiment, in ``<results_dir>/<experiment>/``."""
-    dest = Path(results_dir) / exp.name
-    dest.mkdir(parents=True, exist_ok=True)
+    """Every table, plot and summary for one experiment, in ``<results_dir>/<experiment>/``, written whole into a
+    temporary folder first and then moved in: a report that fails leaves the earlier one as it was, and a
+    file the earlier one had that this one does not produce (a task's plot) is removed. When no run of the
+    experiment has metrics, an earlier report is kept as it is and nothing is written (an empty list)."""
+    name = check_folder_name("experiment", exp.name)
+    for run in exp.used:  # task names become file names (rank_curve_<task>.png)
+        check_folder_name("task.name", run.task)
+    results_dir = Path(results_dir)
+    dest = results_dir / name
+    earlier = report_files(dest)
+    if earlier and not any(r.metrics for r in exp.used):
+        return []
+    results_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=results_dir, prefix=f".{name}.report-"))
+    try:
+        written = [p.relative_to(staging) for p in dict.fromkeys(_write_report(exp, staging, tolerance))]
+        if earlier and not written:
+            return []
+        for path in written:
+            (dest / path).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staging / path, dest / path)
+        for path in earlier:
+            if path.relative_to(dest) not in written:  # an earlier report's file this one no longer produces
+                path.unlink()
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return [dest / path for path in written]
+
+
+def _write_report(exp: Experiment, dest: Path, tolerance: float) -> list[Path]:
     if exp.is_search:
         from dylora.lab.search_tables import report_search  # it builds on this package: imported late
 
