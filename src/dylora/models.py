@@ -3,7 +3,12 @@
 
 from __future__ import annotations
 
+import logging
+import pickle
+import sys
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from safetensors import SafetensorError
@@ -22,6 +27,8 @@ from dylora.bundled import bundled_path, minilm_path
 from dylora.errors import ConfigError
 from dylora.spec import ModelSpec
 
+# transformers 5 logs its LOAD REPORT (keys missing from or unexpected in a checkpoint) on this logger
+LOAD_REPORT_LOGGER = "transformers.modeling_utils"
 TINY_INIT_SEED = 0  # tiny models stand in for a pretrained checkpoint: the same weights every run
 
 
@@ -46,11 +53,21 @@ def load_model(spec: ModelSpec, tokenizer, num_labels: int | None = None) -> Pre
         return _tiny(spec, tokenizer, num_labels)
     # fp32 whatever the checkpoint's dtype (transformers 5 loads a checkpoint's own by default): the head
     # trains in fp32, and model.dtype then casts the frozen weights (dylora.precision.cast_frozen)
-    kwargs = {"local_files_only": _is_local(spec), "dtype": torch.float32}
+    kwargs = {"local_files_only": _is_local(spec), "dtype": torch.float32, "output_loading_info": True}
     try:
-        if spec.family == "decoder":
-            return AutoModelForCausalLM.from_pretrained(_location(spec), **kwargs)
-        return AutoModelForSequenceClassification.from_pretrained(_location(spec), num_labels=num_labels, **kwargs)
+        with _load_report() as held:
+            if spec.family == "decoder":
+                model, info = AutoModelForCausalLM.from_pretrained(_location(spec), **kwargs)
+            else:
+                model, info = AutoModelForSequenceClassification.from_pretrained(_location(spec), num_labels=num_labels,
+                                                                                 **kwargs)
+        _report_loading(model, info, held, "classification head" if spec.family == "encoder" else "head")
+        return model
+    except pickle.UnpicklingError:  # torch's message suggests weights_only=False: never pass that on
+        raise ConfigError(f"the weights in {_pickled_weights(spec)} are a pickle that is not a weights-only "
+                          "checkpoint: dylora loads only safetensors or weights-only torch checkpoints (never "
+                          "arbitrary pickled objects); save the model with save_pretrained (safetensors) and load "
+                          "that") from None
     except OSError as e:
         raise ConfigError(
             f"could not load model {spec.name!r} from {_location(spec)!r} ({e}). Without network access, "
@@ -59,6 +76,50 @@ def load_model(spec: ModelSpec, tokenizer, num_labels: int | None = None) -> Pre
     except SafetensorError as e:
         raise ConfigError(f"the weights in {_location(spec)} cannot be read ({e}): the file is damaged or was "
                           "copied only in part; copy the model folder again") from e
+
+
+@contextmanager
+def _load_report() -> Iterator[list[logging.LogRecord]]:
+    """Hold back transformers' LOAD REPORT (its table of missing and unexpected keys, logged as a warning
+    while a model loads) to decide after the load whether it says anything (``_report_loading``)."""
+    held: list[logging.LogRecord] = []
+
+    def hold(record: logging.LogRecord) -> bool:
+        if "LOAD REPORT" in record.getMessage():
+            held.append(record)
+            return False
+        return True
+
+    logger = logging.getLogger(LOAD_REPORT_LOGGER)
+    logger.addFilter(hold)
+    try:
+        yield held
+    finally:
+        logger.removeFilter(hold)
+
+
+def _report_loading(model: PreTrainedModel, info: dict, held: list[logging.LogRecord], what: str) -> None:
+    """Say in one line that the head the project adds (the keys outside the base model, e.g. ``classifier.*``)
+    starts from scratch, instead of transformers' table of them as MISSING; any other missing, unexpected or
+    mismatched key is a real problem, and the held report is logged as transformers wrote it."""
+    prefix = f"{model.base_model_prefix}."
+    head = {key for key in model.state_dict() if not key.startswith(prefix)} if model.base_model_prefix else set()
+    missing = set(info.get("missing_keys") or ())
+    if (missing - head) or info.get("unexpected_keys") or info.get("mismatched_keys"):
+        logger = logging.getLogger(LOAD_REPORT_LOGGER)
+        for record in held:
+            logger.handle(record)
+        return
+    if missing:
+        print(f"dylora: a new {what} ({', '.join(sorted(missing))}) starts from random weights (the checkpoint "
+              "has none)", file=sys.stderr, flush=True)
+
+
+def _pickled_weights(spec: ModelSpec) -> str:
+    """The torch checkpoint of the model's folder (the folder or hub id when there is none to name)."""
+    folder = Path(_location(spec))
+    names = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+    return str(next((folder / n for n in names if (folder / n).exists()), folder))
 
 
 def _location(spec: ModelSpec) -> str:

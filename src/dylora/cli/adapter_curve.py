@@ -16,15 +16,17 @@ W&B logs it as a run. ``--export-rank B`` then writes the adapter at rank B as a
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from dylora import records
 from dylora.adapters import TRUNCATIONS, export_peft
 from dylora.adapters.io import PeftLora, load_peft_lora, read_peft_lora
 from dylora.cli.compose import compose_config
-from dylora.errors import ConfigError, one_line_errors
+from dylora.errors import ConfigError, check_folder_name, one_line_errors
 from dylora.spec import RunSpec
 
 EXPERIMENT = "adapter_curve"  # the experiment name when the overrides pick none
@@ -58,17 +60,43 @@ def main(argv: list[str] | None = None) -> None:
 
     args = parser().parse_intermixed_args(argv)
     with one_line_errors("dylora-adapter-curve"):
-        adapter = read_peft_lora(args.adapter)
+        adapter = read_adapter(args.adapter)
+        to = None
+        if args.export_rank is not None:  # checked before the evaluation, which takes the time
+            if not 1 <= args.export_rank <= adapter.r:
+                raise ConfigError(f"--export-rank {args.export_rank} must be a rank within 1..{adapter.r} (the "
+                                  f"adapter's r), e.g. --export-rank {max(1, adapter.r // 2)}")
+            to = args.export_to or export_folder(args.adapter, args.export_rank, args.export_truncation)
         spec = curve_spec(adapter, args.adapter, args.overrides)
         run_dir = execute(spec, load=lambda model: load_peft_lora(model, adapter))
         print(curve_table(records.read_run(run_dir)))
         print(f"wrote {run_dir}")
-        if args.export_rank is not None:
+        if to is not None:
             model, _ = load_finished(spec, run_dir, torch.device("cpu"))
-            to = args.export_to or args.adapter.with_name(
-                f"{args.adapter.name}-r{args.export_rank}-{args.export_truncation}")
             export_peft(model, args.export_rank, to, adapter.base_model_name_or_path, args.export_truncation)
             print(f"wrote the adapter at rank {args.export_rank} ({args.export_truncation}) to {to}")
+
+
+def read_adapter(adapter_dir: Path) -> PeftLora:
+    """``read_peft_lora``, with a damaged file (truncated safetensors, a config that is not JSON) named in one
+    line instead of the reader's traceback."""
+    try:
+        return read_peft_lora(adapter_dir)
+    except SafetensorError as e:
+        raise ConfigError(f"{adapter_dir / 'adapter_model.safetensors'} cannot be read ({e}): the file is damaged "
+                          "or was copied only in part; save or copy the adapter again") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{adapter_dir / 'adapter_config.json'} is not valid JSON ({e}): the file is damaged "
+                          "or was copied only in part; save or copy the adapter again") from None
+
+
+def export_folder(adapter_dir: Path, rank: int, truncation: str) -> Path:
+    """The default ``--export-to``: ``<adapter>-r<B>-<truncation>`` beside the adapter (its resolved name, so
+    that ``.`` or ``..`` name the folder they are)."""
+    folder = adapter_dir.resolve()
+    if not folder.name:
+        raise ConfigError(f"the adapter folder {folder} has no name to name its export after; pass --export-to DIR")
+    return folder.with_name(f"{check_folder_name('--export-to', f'{folder.name}-r{rank}-{truncation}')}")
 
 
 def curve_table(record: records.RunRecord) -> str:

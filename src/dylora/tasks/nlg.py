@@ -111,18 +111,35 @@ def split_e2e_line(line: str, where: str) -> tuple[str, str]:
 Record = tuple[str, str, Optional[str]]
 
 
+def _not_utf8(path: Path) -> DataError:
+    """The error for a data file that is not UTF-8: its first undecodable byte, by offset and line."""
+    data = path.read_bytes()
+    try:
+        data.decode("utf8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        return DataError(f"{path}:{line}: byte 0x{data[e.start]:02x} at offset {e.start} is not UTF-8 text; re-save "
+                         "the file as UTF-8 or download it again")
+    return DataError(f"{path} is not UTF-8 text; re-save it as UTF-8 or download it again")
+
+
 def _read_e2e(path: Path) -> Iterator[Record]:
-    with path.open(encoding="utf8") as f:
-        for lineno, line in enumerate(f, 1):
-            if line.strip():
-                mr, text = split_e2e_line(line, f"{path}:{lineno}")
-                yield mr, text, None
+    try:
+        with path.open(encoding="utf8") as f:
+            for lineno, line in enumerate(f, 1):
+                if line.strip():
+                    mr, text = split_e2e_line(line, f"{path}:{lineno}")
+                    yield mr, text, None
+    except UnicodeDecodeError:
+        raise _not_utf8(path) from None
 
 
 def _load_json(path: Path) -> Any:
     try:
         with path.open(encoding="utf8") as f:
             return json.load(f)
+    except UnicodeDecodeError:
+        raise _not_utf8(path) from None
     except json.JSONDecodeError as e:
         raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg}); re-download the file") from e
 
