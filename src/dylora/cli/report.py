@@ -86,8 +86,10 @@ def _print_finding(path: Path) -> None:
         return
     finding = pd.read_csv(path)
     if not finding.empty:
-        held = ", ".join(finding.loc[finding["holds"], "task"]) or "none"
-        print(f"  the paper's finding holds on {int(finding['holds'].sum())} of {len(finding)} task(s): {held} "
+        # finding.csv's verdict per task (holds / fails / undecided / uninformative); a true/false "holds" before
+        holds = finding["verdict"] == "holds" if "verdict" in finding else finding["holds"].astype(bool)
+        held = ", ".join(finding.loc[holds, "task"]) or "none"
+        print(f"  the paper's finding holds on {int(holds.sum())} of {len(finding)} task(s): {held} "
               f"(see {path.with_suffix('.md').name})")
 
 
