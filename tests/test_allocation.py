@@ -145,7 +145,16 @@ def test_bad_selections_and_budgets_are_one_line_errors(glue_dir, tmp_path, caps
     cases = [([], "trained without data.selection_rows, so no rows were held out: name training rows with"),
              (["--selection", "validation:0:8"], "must be train:START:END (rows of the training split; never the dev"),
              (["--selection", "train:0:8", "--budget", "two"], "--budget 'two' is not a list of average ranks"),
-             (["--selection", "train:0:8", "--budget", "params:10"], "below every module at r_min=1")]
+             (["--selection", "train:0:8", "--budget", "params:10"], "below every module at r_min=1"),
+             # where the outputs go: never up out of the folder given, never into a run record, never over a file
+             (["--out", str(tmp_path / "a" / ".." / ".." / "escape")], "has a '..' component: name the folder"),
+             (["--out", str(run_dir / "alloc")], f"is inside the run record {run_dir}, which must stay as it was"),
+             (["--out", str(tmp_path / "file")], "is a file, not a folder"),
+             # a model configured otherwise than the run: the module and both shapes, not torch's RuntimeError
+             (["model.tiny.hidden_size=64"], "adapter.safetensors does not fit this model: module "
+              "roberta.encoder.layer.0.attention.self.query has lora_A of shape [1, 2, 64] here but [1, 2, 32] in "
+              "the adapter")]
+    (tmp_path / "file").write_text("")
     for extra, message in cases:
         with pytest.raises(SystemExit) as exit_info:
             allocate_cli.main([str(run_dir), "--out", str(tmp_path / "a"), *extra])
@@ -153,3 +162,16 @@ def test_bad_selections_and_budgets_are_one_line_errors(glue_dir, tmp_path, caps
         err = capsys.readouterr().err
         said = [line for line in err.splitlines() if line.startswith("dylora-allocate:")]
         assert len(said) == 1 and message in said[0] and "Traceback" not in err, err
+    assert not (run_dir / "alloc").exists() and not (tmp_path.parent / "escape").exists()
+
+
+def test_the_default_output_folder_is_named_after_the_run_folder(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from dylora.lab.allocate import default_out
+
+    run = tmp_path / "exp" / "seed1-0123abcd"
+    run.mkdir(parents=True)
+    assert default_out(run) == default_out(run / ".") == Path("allocations") / "seed1-0123abcd"
+    monkeypatch.chdir(run)
+    assert default_out(Path("..")) == Path("allocations") / "exp"  # the name, never the path climbing out

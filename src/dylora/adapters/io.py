@@ -100,7 +100,7 @@ def load_adapter(model: nn.Module, path: str | Path) -> nn.Module:
         add_adapters(model, config)
     elif adapter_config(model).to_dict() != config.to_dict():
         raise ConfigError(f"{path} was saved with {config}, but the model's adapters use {adapter_config(model)}")
-    expected = adapter_state_dict(model).keys()
+    expected = adapter_state_dict(model)
     with safe_open(str(path), framework="pt") as f:
         keys = set(f.keys())
         if keys != set(expected):
@@ -108,6 +108,14 @@ def load_adapter(model: nn.Module, path: str | Path) -> nn.Module:
                 f"{path} does not fit this model: missing {sorted(set(expected) - keys)[:5]}, "
                 f"unexpected {sorted(keys - set(expected))[:5]}"
             )
+        wrong = [(k, tuple(f.get_slice(k).get_shape()), tuple(t.shape)) for k, t in expected.items()
+                 if tuple(f.get_slice(k).get_shape()) != tuple(t.shape)]
+        if wrong:  # the model is configured otherwise than the run that saved it (model.* overrides)
+            key, saved, here = wrong[0]
+            module, _, tensor = key.rpartition(".")
+            raise ConfigError(f"{path} does not fit this model: module {module} has {tensor} of shape {list(here)} "
+                              f"here but {list(saved)} in the adapter ({len(wrong)} of {len(expected)} tensors "
+                              "differ); configure the model as the run that saved it was")
         _copy_lora(model, f.get_tensor)
         with torch.no_grad():
             for head in head_modules(model):

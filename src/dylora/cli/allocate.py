@@ -12,29 +12,18 @@ largest uniform rank the budget holds, and at the allocated ranks. Written to ``
 ``budget_curve.{png,svg}``, and with ``--export`` a PEFT LoRA adapter per budget (``peft_<budget>/``, its
 per-module ranks in ``rank_pattern`` and ``alpha_pattern``). Overrides (``key=value``) change the run's
 recorded configuration, e.g. where its data is on this machine.
+
+The workflow is ``dylora.lab.allocate``; this module parses the command line and calls it.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
-import math
-import sys
 from pathlib import Path
 
-import torch
-import yaml
-
-from dylora import records
-from dylora.adapters import TRUNCATIONS, export_peft, merged
-from dylora.allocation import allocate, budget_of, mean_loss, parameters, profile, unit_costs
-from dylora.errors import ConfigError, one_line_errors
-from dylora.precision import autocast
-from dylora.spec import RunSpec
-from dylora.tasks.registry import table_metric
-
-FALLBACK_METRICS = ("accuracy", "f1", "matthews_correlation", "pearson", "bleu")
+from dylora.adapters import TRUNCATIONS
+from dylora.errors import one_line_errors
+from dylora.lab.allocate import run
 
 
 def parser() -> argparse.ArgumentParser:
@@ -53,175 +42,11 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-# ---------------------------------------------------------------------------- inputs
-
-
-def run_spec(run_dir: Path, overrides: list[str]) -> RunSpec:
-    """The finished run's spec, its recorded config changed by ``key=value`` overrides."""
-    record = records.read_run(run_dir)
-    if not record.done:
-        raise ConfigError(f"{run_dir} is not a finished run ({record.problem}); pass a run folder with a DONE file")
-    if not (run_dir / records.ADAPTER).is_file():
-        raise ConfigError(f"{run_dir} holds no {records.ADAPTER} (a record committed without weights?); "
-                          "train the run again or use a copy that kept its adapter")
-    config = record.config
-    for override in overrides:
-        key, sep, value = override.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override {override!r} is not KEY=VALUE, e.g. data.glue_dir=../shared/data/glue")
-        node = config
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(value)
-    return RunSpec.from_dict(config)
-
-
-def budgets(text: str | None, r_min: int, r_max: int, costs: dict[str, int]) -> list[tuple[str, float]]:
-    """(label, adapter parameters) per budget: ``--budget``'s average ranks or ``params:`` counts."""
-    if text is None:
-        return [(f"avg{b}", budget_of(b, costs)) for b in range(r_min, r_max + 1)]
-    try:
-        if text.startswith("params:"):
-            return [(f"params{int(n)}", float(int(n))) for n in text[len("params:"):].split(",")]
-        return [(f"avg{float(a):g}", budget_of(float(a), costs)) for a in text.split(",")]
-    except ValueError:
-        raise ConfigError(f"--budget {text!r} is not a list of average ranks (e.g. 2,4) or of adapter-parameter "
-                          "counts (e.g. params:20000,40000)") from None
-
-
-def selection_rows(spec: RunSpec, data, text: str | None, max_rows: int) -> tuple[list[dict], str]:
-    """The rows the search runs on, and where they come from."""
-    if text is None:
-        if not data.selection:
-            raise ConfigError("this run was trained without data.selection_rows, so no rows were held out: name "
-                              "training rows with --selection train:0:256 (rows it was trained on), or train it "
-                              "again with data.selection_rows=256")
-        rows, source = data.selection, f"the {len(data.selection)} training rows held out (data.selection_rows)"
-    else:
-        parts = text.split(":")
-        if len(parts) != 3 or parts[0] != "train" or not all(p.isdigit() for p in parts[1:]):
-            raise ConfigError(f"--selection {text!r} must be train:START:END (rows of the training split; never "
-                              "the dev split the tables report), e.g. train:0:256")
-        start, end = int(parts[1]), int(parts[2])
-        rows = data.train[start:end]
-        if not rows:
-            raise ConfigError(f"--selection {text} holds no rows: the training split has {len(data.train)}")
-        source = f"training rows {start}..{start + len(rows) - 1} (the run trained on them)"
-    if len(rows) > max_rows:
-        rows, source = rows[:max_rows], f"the first {max_rows} of {source}"
-    return list(rows), source
-
-
-def _device(choice: str) -> torch.device:
-    if choice == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(choice)
-
-
-# ---------------------------------------------------------------------------- the search and its curve
-
-
-def dev_metric(spec: RunSpec, results: dict[str, dict[str, float]]) -> tuple[str, float]:
-    """(name, value) of the metric the paper's Table 2 shows for the task (mean over its splits), else the
-    first fallback metric measured."""
-    wanted = table_metric(spec.task.name, "table2")
-    if wanted is not None:
-        return wanted.metric, sum(results[s][wanted.metric] for s in wanted.splits) / len(wanted.splits)
-    for metric in FALLBACK_METRICS:
-        for values in results.values():
-            if metric in values:
-                return metric, values[metric]
-    return next(iter(next(iter(results.values())).items()))
-
-
-def run(args: argparse.Namespace) -> Path:
-    from dylora.runner import load_finished
-
-    spec = run_spec(args.run_dir, args.overrides)
-    device = _device(spec.trainer.device)
-    model, data = load_finished(spec, args.run_dir, device)
-    rows, source = selection_rows(spec, data, args.selection, args.max_rows)
-    config, costs = spec.adapter, unit_costs(model)
-    precision = spec.trainer.precision
-
-    def loss_at() -> float:
-        return mean_loss(model, rows, data.collate, spec.trainer.eval_batch_size, device, data.loss, precision)
-
-    found = profile(model, loss_at, args.truncation, progress=True)
-    points = []
-    for label, budget in budgets(args.budget, config.r_min, config.r_max, costs):
-        uniform_rank = min(config.r_max, math.floor(budget / sum(costs.values())))
-        if uniform_rank < config.r_min:
-            raise ConfigError(f"budget {label} ({budget:g} parameters) is below every module at r_min={config.r_min} "
-                              f"({budget_of(config.r_min, costs):g}); raise it")
-        ranks = allocate(found, costs, budget, config.r_min)
-        point = {"budget": label, "budget_parameters": budget, "uniform_rank": uniform_rank,
-                 "uniform_parameters": parameters(dict.fromkeys(costs, uniform_rank), costs),
-                 "allocated_parameters": parameters(ranks, costs),
-                 "allocated_average_rank": sum(ranks.values()) / len(ranks), "ranks": ranks}
-        for kind, chosen in (("uniform", dict.fromkeys(costs, uniform_rank)), ("allocated", ranks)):
-            with merged(model, chosen, args.truncation), autocast(precision, device):
-                results = data.evaluate(model, uniform_rank)
-            point[f"{kind}_metrics"] = results
-            point["metric"], point[kind] = dev_metric(spec, results)
-        if args.export:
-            export_peft(model, ranks, args.out / f"peft_{label}", truncation=args.truncation)
-        points.append(point)
-    # the search's cost in evaluations (its seconds go to the terminal: files regenerate byte for byte)
-    cost = {"evaluations": found.evaluations, "rows": len(rows), "modules": len(costs), "selection": source}
-    print(f"search: {found.evaluations} evaluations of {len(rows)} rows in {found.seconds:.1f} s", file=sys.stderr)
-    return write_outputs(args, spec, found, points, cost)
-
-
-# ---------------------------------------------------------------------------- outputs
-
-
-def write_outputs(args, spec: RunSpec, found, points: list[dict], cost: dict) -> Path:
-    from dylora.lab.report.figures import plt, save_figure
-
-    out = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    summary = {"run": args.run_dir.resolve().name, "task": spec.task.name, "method": spec.method_name,
-               "truncation": args.truncation, "search": cost,
-               "profile": {"at_r_max": found.at_r_max, "loss": found.loss}, "budgets": points}
-    records.atomic_write_json(out / "allocation.json", summary)
-    fields = ["budget", "budget_parameters", "uniform_rank", "uniform_parameters", "uniform", "allocated_average_rank",
-              "allocated_parameters", "allocated", "metric"]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(points)
-    records.atomic_write_text(out / "budget.csv", buffer.getvalue())
-    metric = points[0]["metric"]
-    lines = [f"# Per-module ranks under a budget: {spec.task.name}, {spec.method_name} ({args.truncation} truncation)",
-             "", f"Dev-split {metric}: every module at one rank (uniform) against ranks chosen per module "
-             f"(allocated) on {cost['selection']}; the search took {cost['evaluations']} evaluations of "
-             f"{cost['rows']} rows ({cost['modules']} modules x ranks below r_max, and r_max once).", "",
-             "| budget | uniform rank | uniform | allocated avg rank | allocated params | allocated | Δ |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
-    for p in points:
-        lines.append(f"| {p['budget']} | {p['uniform_rank']} | {p['uniform']:.4f} | "
-                     f"{p['allocated_average_rank']:.2f} | {p['allocated_parameters']} | {p['allocated']:.4f} | "
-                     f"{p['allocated'] - p['uniform']:+.4f} |")
-    records.atomic_write_text(out / "budget.md", "\n".join(lines) + "\n")
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for kind, x in (("uniform", "uniform_parameters"), ("allocated", "allocated_parameters")):
-        ax.plot([p[x] for p in points], [p[kind] for p in points], marker="o", label=kind)
-    ax.set(xlabel="adapter parameters", ylabel=f"dev {metric}", title=f"{spec.task.name}: budget vs {metric}")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    for ext in ("png", "svg"):
-        save_figure(fig, out / f"budget_curve.{ext}")
-    plt.close(fig)
-    return out
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_intermixed_args(argv)
-    args.out = args.out or Path("allocations") / args.run_dir.name
     with one_line_errors("dylora-allocate"):
-        out = run(args)
+        out = run(args.run_dir, args.overrides, args.out, args.budget, args.selection, args.max_rows, args.truncation,
+                  args.export)
     print((out / "budget.md").read_text())
     print(f"wrote {out}")
 
