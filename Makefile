@@ -84,6 +84,7 @@ TABLE1_CPU_SWEEPS ?= "mrpc stsb cola|lora dylora|42 43 44" "mrpc stsb cola|lora 
 TABLE1_MPNET_CPU_SWEEPS ?= "rte mrpc cola|lora dylora|42 43 44" "stsb|lora dylora|42"
 reproduce-table1-cpu: SWEEPS = $(TABLE1_CPU_SWEEPS)
 reproduce-table1-mpnet-cpu: SWEEPS = $(TABLE1_MPNET_CPU_SWEEPS)
+reproduce-table1-mpnet-cpu: METHODS ?= lora dylora
 reproduce-table1-cpu-sweep: EXPERIMENT = table1_cpu
 reproduce-table1-mpnet-cpu-sweep: EXPERIMENT = table1_mpnet_cpu
 TABLE4_METHODS := dylora dylora_frozen dylora_geometric dylora_frozen_geometric
@@ -126,10 +127,13 @@ ifndef PLAN
 endif
 endif
 
-# each sweep "tasks|methods|seeds" of SWEEPS in turn, as its -sweep target (PLAN=1 passes down: plans only)
+# each sweep "tasks|methods|seeds" of SWEEPS in turn, as its -sweep target (PLAN=1 passes down: plans only);
+# TASKS= or SEEDS= given: one sweep of those (tasks mrpc stsb cola rte, seeds 42..46, METHODS by default)
 reproduce-table1-cpu reproduce-table1-mpnet-cpu: $(STAMP)
-	for sweep in $(SWEEPS); do t=$${sweep%%|*}; rest=$${sweep#*|}; \
-	  $(MAKE) --no-print-directory $@-sweep TASKS="$$t" METHODS="$${rest%%|*}" SEEDS="$${rest#*|}" || exit 1; done
+	$(if $(TASKS)$(SEEDS),$(MAKE) --no-print-directory $@-sweep TASKS="$(or $(TASKS),mrpc stsb cola rte)" \
+	  SEEDS="$(or $(SEEDS),42 43 44 45 46)" METHODS="$(METHODS)", \
+	  for sweep in $(SWEEPS); do t=$${sweep%%|*}; rest=$${sweep#*|}; \
+	  $(MAKE) --no-print-directory $@-sweep TASKS="$$t" METHODS="$${rest%%|*}" SEEDS="$${rest#*|}" || exit 1; done)
 
 ## reproduce-search[-cpu]: EACL Tables 1 and 5, LoRA trained separately at ranks 1, 2, 4, .., r_max
 ## against one DyLoRA (Frozen) run, measured (dylora.lab.search_cost): the paper's

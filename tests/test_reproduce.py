@@ -143,7 +143,7 @@ def test_make_reproduce_table1_cpu_runs_plans_and_reports(tmp_path):
     assert set(cells["method"]) == {"lora", "dylora", "dylora_frozen"}
     md = (res / "table1_cpu" / "table1.md").read_text()
     assert "Departure from the paper: model.max_length 32 (paper: 512)." in md
-    assert "Departure from the paper: preset cpu (paper: paper)." in md
+    assert "Departure from the paper: preset scripts_cpu (paper: paper)." in md
     assert "Departure from the paper: trainer.group_by_length true: batches of similar length" in md
 
 
@@ -299,7 +299,7 @@ def test_the_plan_counts_the_rank_zero_pass_and_every_truncation(small_glue, tmp
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 @pytest.mark.parametrize(("target", "planned"), [
-    ("reproduce-table1-cpu", "plan: experiment table1_cpu: 9 runs"),
+    ("reproduce-table1-cpu", "plan: experiment table1_cpu: 15 runs"),  # 3 methods x seeds 42..46
     ("reproduce-table1", "plan: experiment table1: 12 runs"),
     ("reproduce-search-cpu", "plan: experiment search_eacl_cpu: 7 runs"),
     ("reproduce-allocate-cpu", "plan: experiment allocate_cpu: 1 run ("),
