@@ -285,25 +285,29 @@ def finding_by_hand(task, dylora_bump=0.0, seeds=None):
             curve["dylora"][-1] - curve["lora"][-1])
 
 
-def test_finding_flags_equal_sums_by_hand(results, tmp_path):
+def test_finding_flags_equal_sums_by_hand(runs, results, tmp_path):
     finding = pd.read_csv(results / "finding.csv").set_index("task")
-    assert list(finding.index) == list(TASKS)
+    points = report.paper_finding(report.load_experiments(runs)[EXPERIMENT]).set_index("task")
+    assert list(finding.index) == list(points.index) == list(TASKS)
     for task in TASKS:
-        row = finding.loc[task]
+        row, point = finding.loc[task], points.loc[task]
         margin, lora_avg, dylora_avg, gap = finding_by_hand(task)
         assert row["drop_margin"] == pytest.approx(margin) and row["gap_at_r_max"] == pytest.approx(gap)
-        assert row["lora_avg"] == pytest.approx(lora_avg) and row["dylora_avg"] == pytest.approx(dylora_avg)
-        assert row["holds"] == (margin >= 3 and dylora_avg >= lora_avg and abs(gap) <= 2)
+        assert row["avg_gap"] == pytest.approx(dylora_avg - lora_avg)
+        assert point["lora_avg"] == pytest.approx(lora_avg) and point["dylora_avg"] == pytest.approx(dylora_avg)
+        holds = margin >= 3 and dylora_avg >= lora_avg and abs(gap) <= 2
+        assert point["holds"] == holds and row["point_verdict"] == ("holds" if holds else "fails")
+        assert row["verdict"] == "no interval"  # these records kept no predictions
         expected = []  # each seed's own verdict, where both methods finished it
         for seed in sorted(set(seeds_of(task, "lora")) & set(seeds_of(task, "dylora"))):
             margin, lora_avg, dylora_avg, gap = finding_by_hand(task, seeds=[seed])
             failed = [name for name, ok in (("drop", margin >= 3), ("avg", dylora_avg >= lora_avg),
                                             ("r_max", abs(gap) <= 2)) if not ok]
             expected.append(f"{seed} no ({', '.join(failed)})" if failed else f"{seed} yes")
-        assert row["per_seed"] == "; ".join(expected)
+        assert point["per_seed"] == "; ".join(expected)
     # value() puts DyLoRA more than 2 points above LoRA at rank 8: only the r_max check fails
-    assert finding["drop_ok"].all() and finding["avg_ok"].all() and not finding["r_max_ok"].any()
-    assert "holds on 0 of 4 task(s)" in (results / "finding.md").read_text()
+    assert points["drop_ok"].all() and points["avg_ok"].all() and not points["r_max_ok"].any()
+    assert "no interval: 4 (tasks)" in (results / "finding.md").read_text()
 
     # lower DyLoRA by that gap and the finding holds
     gap = finding_by_hand("cola")[3] / 100

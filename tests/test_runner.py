@@ -52,7 +52,7 @@ def test_multirun_over_all_eight_glue_formats_writes_complete_records(tmp_path, 
         splits = {"validation_matched", "validation_mismatched"} if task == "mnli" else {"validation"}
         metrics = EXPECTED_METRICS.get(task, {"accuracy"})
         got = {(m.rank, m.split, m.metric) for m in run.metrics}
-        assert got == {(r, s, m) for r in (1, 2) for s in splits for m in metrics}
+        assert got == {(r, s, m) for r in (0, 1, 2) for s in splits for m in metrics}  # 0: the adapter off
         assert all(m.task == task and m.method == "dylora" and m.seed == 0 for m in run.metrics)
         assert (run.path / records.ADAPTER).stat().st_size > 0
         assert run.env["trainable_parameters"]["adapter"] == 2 * 1 * 2 * (32 + 32)  # q, v x 1 layer x r_max 2

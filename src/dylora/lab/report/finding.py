@@ -173,7 +173,7 @@ def write_finding(exp: Experiment, dest: Path, margin: float = 3.0, gap: float =
     evidence = evidence_table(exp, margin, gap, intervals)
     finding = paper_finding(exp, margin, gap)
     paths = [dest / "finding.csv", dest / "finding.md"]
-    evidence.to_csv(paths[0], index=False, float_format="%.6g")
+    evidence.to_csv(paths[0], index=False)
     md = f"# The paper's finding, task by task ({exp.name})\n\n"
     if evidence.empty:
         md += "No task has finished LoRA and DyLoRA runs over the same ranks.\n"
