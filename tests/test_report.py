@@ -510,7 +510,7 @@ def test_cli_end_to_end_with_relative_paths(runs, tmp_path):
     done = cli(tmp_path, "out_dir=exps", "results_dir=res", f"experiment={EXPERIMENT}")
     assert done.returncode == 0, done.stderr
     assert f"{EXPERIMENT}: wrote" in done.stdout and "table2.md" in done.stdout
-    assert "the paper's finding holds on 0 of 4 task(s): none" in done.stdout
+    assert "the paper's finding, 4 task(s): no interval on mnli, sst2, mrpc, cola" in done.stdout
     assert (tmp_path / "res" / EXPERIMENT / "summary.csv").stat().st_size > 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exps", "res"]  # Hydra left nothing behind
     # the runs it could not use are on the terminal too; a partial grid is not an error

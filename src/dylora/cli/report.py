@@ -86,11 +86,10 @@ def _print_finding(path: Path) -> None:
         return
     finding = pd.read_csv(path)
     if not finding.empty:
-        # finding.csv's verdict per task (holds / fails / undecided / uninformative); a true/false "holds" before
-        holds = finding["verdict"] == "holds" if "verdict" in finding else finding["holds"].astype(bool)
-        held = ", ".join(finding.loc[holds, "task"]) or "none"
-        print(f"  the paper's finding holds on {int(holds.sum())} of {len(finding)} task(s): {held} "
-              f"(see {path.with_suffix('.md').name})")
+        # finding.csv's verdict per task (holds / fails / undecided / uninformative / no interval)
+        by_verdict = finding.groupby("verdict", sort=False)["task"].agg(", ".join)
+        said = "; ".join(f"{verdict} on {tasks}" for verdict, tasks in by_verdict.items())
+        print(f"  the paper's finding, {len(finding)} task(s): {said} (see {path.with_suffix('.md').name})")
 
 
 def main() -> None:
