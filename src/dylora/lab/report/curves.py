@@ -61,6 +61,7 @@ def _paper_curve(method: str, task: str, metric: str, ranks: Iterable[int]) -> d
 
 
 BAND = "band: 90 % interval of the mean over seeds (seeds and dev rows)"
+BAND_ONE_SEED = "band: 90 % interval over the dev rows (one seed: training noise not in it)"
 NO_BAND = "no band: these runs kept no predictions"
 
 
@@ -87,7 +88,8 @@ def plot_rank_curves(exp: Experiment, dest: Path) -> list[Path]:
             ax.grid(alpha=0.3)
         metric = of_task["metric"].iloc[0]
         axes[0][0].set_ylabel(f"{metric}{' (%)' if metric_scale(task, metric) == 100 else ''}")
-        fig.suptitle(f"{paper.TASKS.get(task, task)} ({exp.name}); {BAND if bands else NO_BAND}", fontsize="medium")
+        band = (BAND if of_task["count"].max() > 1 else BAND_ONE_SEED) if bands else NO_BAND
+        fig.suptitle(f"{paper.TASKS.get(task, task)} ({exp.name}); {band}", fontsize="medium")
         handles = {label: h for ax in axes[0] for h, label in zip(*ax.get_legend_handles_labels())}
         if any(t == task for t, _ in off):
             handles["adapter off (rank 0)"] = Line2D([], [], marker="s", markerfacecolor="none", color="grey",
