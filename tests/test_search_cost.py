@@ -180,7 +180,7 @@ def test_table5_sets_the_measured_cost_ratio_beside_the_papers_count_of_training
     assert (float(paper_rows["DyLoRA (Frozen)"]["value"]), float(paper_rows["DyLoRA (Frozen)"]["relative_cost"])) \
         == (89.71, 1.0)
     finding = (tmp_path / "near" / "finding.md").read_text()
-    assert "MRPC r_max 32, DyLoRA's chosen rank scores within 1 point" in finding
+    assert "EACL Table 5, MRPC r_max 32: DyLoRA's chosen rank scores within 1 point" in finding
     assert f"gap +0.50, ratio {trained / 110.0:.2f}x: shown." in finding
     dylora = next(r for r in rows if r["task"] == "mrpc" and r["source"] == "ours" and r["search"] != "LoRA (Search)")
     assert dylora["search"] == "DyLoRA (Frozen)"  # the run's own method, as the paper's row names it

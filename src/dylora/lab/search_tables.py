@@ -315,8 +315,8 @@ def _dylora_label(cost) -> str:
 
 def _table5_finding(cost, lora_value: float, dy_value: float, s: dict) -> str:
     gap, ratio, count = lora_value - dy_value, s["train_speedup"], s["lora_trainings"]
-    claim = (f"{paper.TASKS.get(cost.task, cost.task)} r_max {cost.r_max}, DyLoRA's chosen rank scores within "
-             f"{RESOLUTION:g} point of the LoRA search's best at a cost ratio of at least {COST_SHARE} x the "
+    claim = (f"EACL Table 5, {paper.TASKS.get(cost.task, cost.task)} r_max {cost.r_max}: DyLoRA's chosen rank "
+             f"scores within {RESOLUTION:g} point of the LoRA search's best at a cost ratio of at least {COST_SHARE} x the "
              f"{count} LoRA trainings: gap {gap:+.2f}, ratio {ratio:.2f}x")
     misses = []  # every part of the claim that fails, so the verdict names each
     if gap > RESOLUTION:
