@@ -316,8 +316,8 @@ def _dylora_label(cost) -> str:
 def _table5_finding(cost, lora_value: float, dy_value: float, s: dict) -> str:
     gap, ratio, count = lora_value - dy_value, s["train_speedup"], s["lora_trainings"]
     claim = (f"EACL Table 5, {paper.TASKS.get(cost.task, cost.task)} r_max {cost.r_max}: DyLoRA's chosen rank "
-             f"scores within {RESOLUTION:g} point of the LoRA search's best at a cost ratio of at least {COST_SHARE} x the "
-             f"{count} LoRA trainings: gap {gap:+.2f}, ratio {ratio:.2f}x")
+             f"scores within {RESOLUTION:g} point of the LoRA search's best at a cost ratio of at least {COST_SHARE} x "
+             f"the {count} LoRA trainings: gap {gap:+.2f}, ratio {ratio:.2f}x")
     misses = []  # every part of the claim that fails, so the verdict names each
     if gap > RESOLUTION:
         misses.append(f"DyLoRA trails the search's best by {gap:.2f} points, more than the {RESOLUTION:g} allowed")
