@@ -27,6 +27,7 @@ from dylora.adapters import TRUNCATIONS, export_peft
 from dylora.adapters.io import PeftLora, load_peft_lora, read_peft_lora
 from dylora.cli.compose import compose_config
 from dylora.errors import ConfigError, check_folder_name, one_line_errors
+from dylora.lab.report.experiments import metric_scale
 from dylora.spec import RunSpec
 
 EXPERIMENT = "adapter_curve"  # the experiment name when the overrides pick none
@@ -106,9 +107,12 @@ def curve_table(record: records.RunRecord) -> str:
     ranks = sorted({m.rank for m in record.metrics})
     if not ranks:
         raise ConfigError(f"{record.path} has no metrics")
-    lines = ["| rank | " + " | ".join(f"{s} {m} ({t})" for t, s, m in columns) + " |",
+    scale = {c: metric_scale(record.task, c[2]) for c in columns}
+    lines = ["| rank | " + " | ".join(f"{s} {m}{' (%)' if scale[(t, s, m)] == 100 else ''} ({t})"
+                                      for t, s, m in columns) + " |",
              "| --- |" + " --- |" * len(columns)]
-    lines += [f"| {b} | " + " | ".join(f"{values.get((b, *c), float('nan')):.4f}" for c in columns) + " |"
+    lines += [f"| {b if b else '0 (adapter off)'} | "
+              + " | ".join(f"{values.get((b, *c), float('nan')) * scale[c]:.2f}" for c in columns) + " |"
               for b in ranks]
     return "\n".join(lines)
 

@@ -197,14 +197,24 @@ def run(run_dir: Path, overrides: Sequence[str] = (), out: Path | None = None, b
 
 def write_outputs(out: Path, run_dir: Path, spec: RunSpec, truncation: str, found, points: list[dict],
                   cost: dict) -> Path:
-    """allocation.json, budget.{csv,md} and budget_curve.{png,svg} in ``out``."""
-    from dylora.lab.report.figures import plt, save_figure
-
+    """allocation.json, then what ``render`` makes of it, in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     summary = {"run": run_dir.resolve().name, "task": spec.task.name, "method": spec.method_name,
                "truncation": truncation, "search": cost,
                "profile": {"at_r_max": found.at_r_max, "loss": found.loss}, "budgets": points}
     records.atomic_write_json(out / "allocation.json", summary)
+    render(out, summary)
+    return out
+
+
+def render(out: Path, summary: dict) -> None:
+    """budget.csv (the metric as recorded, like metrics.jsonl), budget.md and budget_curve.{png,svg} (in points,
+    percent where the metric is a fraction) from an allocation.json's ``summary``: a committed allocation
+    re-renders from its allocation.json alone."""
+    from dylora.lab.report.experiments import metric_scale
+    from dylora.lab.report.figures import plt, save_figure
+
+    points, cost, task = summary["budgets"], summary["search"], summary["task"]
     fields = ["budget", "budget_parameters", "uniform_rank", "uniform_parameters", "uniform", "allocated_average_rank",
               "allocated_parameters", "allocated", "metric"]
     buffer = io.StringIO()
@@ -213,24 +223,25 @@ def write_outputs(out: Path, run_dir: Path, spec: RunSpec, truncation: str, foun
     writer.writerows(points)
     records.atomic_write_text(out / "budget.csv", buffer.getvalue())
     metric = points[0]["metric"]
-    lines = [f"# Per-module ranks under a budget: {spec.task.name}, {spec.method_name} ({truncation} truncation)",
-             "", f"Dev-split {metric}: every module at one rank (uniform) against ranks chosen per module "
+    scale = metric_scale(task, metric)
+    unit = " (%)" if scale == 100 else ""
+    lines = [f"# Per-module ranks under a budget: {task}, {summary['method']} ({summary['truncation']} truncation)",
+             "", f"Dev-split {metric}{unit}: every module at one rank (uniform) against ranks chosen per module "
              f"(allocated) on {cost['selection']}; the search took {cost['evaluations']} evaluations of "
              f"{cost['rows']} rows ({cost['modules']} modules x ranks below r_max, and r_max once).", "",
              "| budget | uniform rank | uniform | allocated avg rank | allocated params | allocated | Δ |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for p in points:
-        lines.append(f"| {p['budget']} | {p['uniform_rank']} | {p['uniform']:.4f} | "
-                     f"{p['allocated_average_rank']:.2f} | {p['allocated_parameters']} | {p['allocated']:.4f} | "
-                     f"{p['allocated'] - p['uniform']:+.4f} |")
+        lines.append(f"| {p['budget']} | {p['uniform_rank']} | {p['uniform'] * scale:.2f} | "
+                     f"{p['allocated_average_rank']:.2f} | {p['allocated_parameters']} | "
+                     f"{p['allocated'] * scale:.2f} | {(p['allocated'] - p['uniform']) * scale:+.2f} |")
     records.atomic_write_text(out / "budget.md", "\n".join(lines) + "\n")
     fig, ax = plt.subplots(figsize=(6, 4))
     for kind, x in (("uniform", "uniform_parameters"), ("allocated", "allocated_parameters")):
-        ax.plot([p[x] for p in points], [p[kind] for p in points], marker="o", label=kind)
-    ax.set(xlabel="adapter parameters", ylabel=f"dev {metric}", title=f"{spec.task.name}: budget vs {metric}")
+        ax.plot([p[x] for p in points], [p[kind] * scale for p in points], marker="o", label=kind)
+    ax.set(xlabel="adapter parameters", ylabel=f"dev {metric}{unit}", title=f"{task}: budget vs {metric}")
     ax.legend()
     ax.grid(alpha=0.3)
     for ext in ("png", "svg"):
         save_figure(fig, out / f"budget_curve.{ext}")
     plt.close(fig)
-    return out
