@@ -26,8 +26,10 @@ java:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq default-jre-headless >/dev/null; \
 	  else echo "Java is missing: install it (Debian: sudo apt-get install default-jre-headless)"; exit 1; fi; }
 
-## ruff (pyproject.toml), then the full suite, slow end-to-end tests included (what CI runs)
+## ruff (pyproject.toml), the docs site (mkdocs --strict: a warning or broken link fails; into site/, ignored),
+## then the full suite, slow end-to-end tests included (what CI runs)
 test: setup lint
+	$(dir $(PY))mkdocs build --strict --quiet --site-dir site
 	OMP_NUM_THREADS=2 $(PY) -m pytest -q $(PYTEST_ARGS)
 
 ## the suite without the slow end-to-end tests
