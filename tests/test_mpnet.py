@@ -83,7 +83,7 @@ def test_model_mpnet_base_composes_to_the_bundled_package():
         "mpnet-base", "bundled", "sentence-transformers/all-mpnet-base-v2")
     table1 = compose_spec(["experiment=table1_mpnet_cpu", "task=rte", "method=lora"])
     assert (table1.model.name, table1.config["preset"], table1.trainer.for_task("rte").epochs) == (
-        "mpnet-base", "cpu_base", 6)
+        "mpnet-base", "scripts_cpu_base", 6)
 
 
 # ---------------------------------------------------------------------------- a zip split over packages

@@ -110,14 +110,14 @@ def test_every_format_trains_decodes_every_rank_and_saves_outputs(task, tmp_path
     run = records.read_run(run_dir)
     assert run.done and run.env["train_steps"] == 4
     got = {(m.rank, m.split, m.metric) for m in run.metrics}
-    assert got == {(r, s, m) for r in (1, 2) for s in SPLITS[task] for m in METRICS[task]}
+    assert got == {(r, s, m) for r in (0, 1, 2) for s in SPLITS[task] for m in METRICS[task]}  # 0: adapter off
     assert all(math.isfinite(m.value) for m in run.metrics)
     items = load_nlg(task, nlg_dir, splits=("test",), max_eval_samples=N_ITEMS)["test"]
     outputs = run_dir / "outputs"
     for split, n in SPLITS[task].items():
         refs = (outputs / f"{split}.references.txt").read_text().split("\n\n")
         assert len(refs) == n and all(len(group.strip().splitlines()) == 2 for group in refs)
-        for rank in (1, 2):
+        for rank in (0, 1, 2):
             assert len((outputs / f"rank{rank}.{split}.txt").read_text().splitlines()) == n
     for rank in (1, 2):
         main = "test_all" if task == "webnlg" else "test"

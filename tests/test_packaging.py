@@ -60,7 +60,7 @@ def test_a_wheel_install_composes_runs_and_reports_from_another_directory(wheel_
     ran = run_cli(job, cwd=elsewhere, env=env, command=[*python, str(wheel_site / "bin" / "dylora-run")])
     assert ran.returncode == 0, ran.stderr[-3000:]
     [run] = records.iter_runs(out)
-    assert run.done and {m.rank for m in run.metrics} == {1, 2}
+    assert run.done and {m.rank for m in run.metrics} == {0, 1, 2}  # 0: the adapter off
 
     # python -m dylora.run: the same run, skipped
     again = run_cli(job, cwd=elsewhere, env=env, command=[*python, "-m", "dylora.run"])
@@ -72,7 +72,7 @@ def test_a_wheel_install_composes_runs_and_reports_from_another_directory(wheel_
     assert (tmp_path / "results" / "default" / "table1.md").is_file()
 
     plan = run_cli(job, cwd=elsewhere, env=env, command=[*python, "-m", "dylora.lab.reproduce"])
-    assert plan.returncode == 0 and "1 runs (1 already finished, skipped)" in plan.stdout, plan.stdout + plan.stderr
+    assert plan.returncode == 0 and "1 run (1 already finished, skipped)" in plan.stdout, plan.stdout + plan.stderr
 
 
 def test_the_wheel_lists_every_package_of_the_source_tree():
