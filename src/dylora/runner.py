@@ -84,7 +84,7 @@ def _execute(spec: RunSpec, run_dir: Path, dist: Distributed, progress: bool,
         return run_dir
     # build
     device = _device(spec.trainer.device, dist)
-    model, data = _build(spec, run_dir, device)
+    model, data = build(spec, run_dir, device)
     if dist.is_main:
         record_life.start(run_dir, spec.config, fingerprint)
     tracker = make_tracker(spec.logger, spec.config, run_dir, run_dir.name, spec.experiment) if dist.is_main else None
@@ -135,8 +135,9 @@ def _evaluate_again(spec: RunSpec, run_dir: Path, truncations: list[str], device
 # ---------------------------------------------------------------------------- build
 
 
-def _build(spec: RunSpec, run_dir: Path, device):
-    """(model with fresh adapters, its task's data), on ``device`` at the run's precision and dropout."""
+def build(spec: RunSpec, run_dir: Path | None, device):
+    """(model with fresh adapters, its task's data), on ``device`` at the run's precision and dropout;
+    ``run_dir``: where evaluation writes its texts (None: nowhere)."""
     model, data = _model_and_task(spec, device, run_dir)
     torch.manual_seed(spec.seed)  # the adapters' initial A depends on the run seed only
     add_adapters(model, spec.adapter)

@@ -521,12 +521,9 @@ def real_run_times(opts: Options) -> dict[str, list[float]]:
     """Training seconds of ``real_steps`` steps of the ``--real`` configuration, before (``REAL_BEFORE``: base
     fp32, torch's dropout) and after (as composed: the adopted path), in ABBA order: real text, lengths
     grouped as the presets group them."""
-    from dylora.adapters import add_adapters, rank_schedule
+    from dylora.adapters import rank_schedule
     from dylora.cli.compose import compose_spec
-    from dylora.dropout import use_fast_dropout
-    from dylora.models import load_model, load_tokenizer
-    from dylora.precision import cast_frozen
-    from dylora.tasks.registry import build_task, num_labels
+    from dylora.runner import build
     from dylora.train import Callbacks, Placement, train
 
     device = pick_device(opts.device)
@@ -535,15 +532,7 @@ def real_run_times(opts: Options) -> dict[str, list[float]]:
     times: dict[str, list[float]] = {"before": [], "after": []}
     for name in ("before", "after", "after", "before"):
         spec = specs[name]
-        torch.manual_seed(spec.seed)
-        tokenizer = load_tokenizer(spec.model)
-        model = load_model(spec.model, tokenizer, num_labels(spec))
-        data = build_task(spec, model, tokenizer, device)
-        add_adapters(model, spec.adapter)
-        cast_frozen(model, spec.model.dtype)
-        if spec.trainer.fast_dropout:
-            use_fast_dropout(model)
-        model.to(device)
+        model, data = build(spec, None, device)  # as a run builds it
         result = train(model, data, spec.trainer, rank_schedule(spec.adapter, spec.seed), spec.seed, Placement(device),
                        callbacks=Callbacks(progress=False))
         times[name].append(result.seconds)

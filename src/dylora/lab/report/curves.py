@@ -104,10 +104,10 @@ def plot_rank_curves(exp: Experiment, dest: Path) -> list[Path]:
 
 def _adapter_off(exp: Experiment) -> dict[tuple[str, str], float]:
     """(task, method) -> the mean over seeds of the rank-0 score (Table 2 metric), where recorded."""
-    rows = exp.metrics(adapter_off=True)
+    rows, measured = exp.metrics(adapter_off=True), exp.metrics()
     out = {}
     for (task, method), group in rows.groupby(["task", "method"]):
-        spec = metric_spec(task, "table2", exp.metrics())
+        spec = metric_spec(task, "table2", measured)
         sel = group[(group["metric"] == spec.metric) & group["split"].isin(spec.splits)] if spec else group[:0]
         if len(sel):
             per_seed = sel.groupby("seed")["value"].mean()

@@ -46,10 +46,9 @@ class TaskEvidence:
 
 @dataclass
 class _Scores:
-    """One method's scores of one task: per seed (rows: seeds; columns: ranks) on the whole dev set, and
-    per resample the mean over seeds (rows: resamples; columns: ranks)."""
+    """One method's scores of one task at ``ranks``: on the whole dev set (seeds x ranks) and on each
+    resample of its rows (resamples x seeds x ranks)."""
 
-    seeds: list[int]
     ranks: list[int]
     whole: np.ndarray
     resampled: np.ndarray  # resamples x seeds x ranks
@@ -59,6 +58,7 @@ def task_evidence(exp: Experiment, table: str = "table1") -> dict[str, TaskEvide
     """The evidence of every task with finished LoRA and DyLoRA runs over the same ranks, on ``table``'s
     metric; a task whose runs lack predictions gets its verdict "no interval"."""
     sc, _ = scores(exp, table)
+    metrics = exp.metrics()
     out = {}
     for task in task_order(sc["task"].unique()):
         methods = set(sc.loc[sc["task"] == task, "method"])
@@ -66,7 +66,7 @@ def task_evidence(exp: Experiment, table: str = "table1") -> dict[str, TaskEvide
         if len(ranges) != 1:
             continue
         r_min, r_max = ranges.pop()
-        spec = metric_spec(task, table, exp.metrics())
+        spec = metric_spec(task, table, metrics)
         seeds = [{r.seed for r in exp.used if r.task == task and r.method == m} for m in ("lora", "dylora")]
         common = sorted(seeds[0] & seeds[1])
         evidence = TaskEvidence(task, spec.metric, r_min, r_max, len(common))
@@ -141,7 +141,7 @@ def _scores(exp: Experiment, task: str, name: str, ranks: list[int], metric: str
 
     whole = np.array([[score(rank, None)[0] for rank in seed] for seed in arrays]) * scale
     boot = np.array([[score(rank, rows.counts) for rank in seed] for seed in arrays]) * scale  # seeds x ranks x B
-    return _Scores(seeds, ranks, whole, boot.transpose(2, 0, 1))
+    return _Scores(ranks, whole, boot.transpose(2, 0, 1))
 
 
 def _fill(evidence: TaskEvidence, scored: dict[str, _Scores]) -> None:
