@@ -54,6 +54,9 @@ def settings_notes(exp: Experiment) -> list[str]:
         f"max_train_samples {setting_values(runs, 'data.max_train_samples')}; "
         f"max_eval_samples {setting_values(runs, 'data.max_eval_samples')}."
     ]
+    fewer = _fewer_seeds(runs, seeds)
+    if fewer:
+        lines.append(fewer)
     for method in method_order(r.method for r in runs):
         lines.append(_method_settings(method, [r for r in runs if r.method == method]))
     if any(m.truncation == "svd" for r in runs for m in r.metrics):
@@ -61,6 +64,21 @@ def settings_notes(exp: Experiment) -> list[str]:
                      "update s(r_max)·B·A (its best rank-b approximation) instead of the first b rows of A and "
                      "columns of B (the paper's truncation); eval.truncation=svd.")
     return lines
+
+
+def _fewer_seeds(runs: list[RunRecord], seeds: list[int]) -> str:
+    """The tasks and methods run at fewer seeds than the experiment's, each with its seeds ("" when none):
+    a mean over fewer seeds is a different estimate, and the tables' ± alone does not say so."""
+    by_task: dict[str, list[str]] = {}
+    for task in task_order({r.task for r in runs}):
+        for method in method_order({r.method for r in runs if r.task == task}):
+            have = sorted({r.seed for r in runs if r.task == task and r.method == method})
+            if len(have) < len(seeds):
+                by_task.setdefault(task, []).append(f"{method_label(method)} {', '.join(map(str, have))}")
+    if not by_task:
+        return ""
+    return (f"Fewer seeds than {', '.join(map(str, seeds))}: "
+            + "; ".join(f"{task} ({'; '.join(methods)})" for task, methods in by_task.items()) + ".")
 
 
 def _method_settings(method: str, runs: list[RunRecord]) -> str:
