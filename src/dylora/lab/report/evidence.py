@@ -67,8 +67,7 @@ def task_evidence(exp: Experiment, table: str = "table1") -> dict[str, TaskEvide
             continue
         r_min, r_max = ranges.pop()
         spec = metric_spec(task, table, metrics)
-        seeds = [{r.seed for r in exp.used if r.task == task and r.method == m} for m in ("lora", "dylora")]
-        common = sorted(seeds[0] & seeds[1])
+        common = sorted(set(exp.seeds(task, "lora")) & set(exp.seeds(task, "dylora")))
         evidence = TaskEvidence(task, spec.metric, r_min, r_max, len(common))
         ranks = [0, *range(r_min, r_max + 1)]
         rows = _Rows.of(exp, task, spec.splits)
@@ -92,8 +91,7 @@ def curve_bands(exp: Experiment, task: str, table: str = "table2") -> dict[tuple
     for name in sc.loc[sc["task"] == task, "method"].unique():
         r_min, r_max = exp.rank_range(task, name)
         ranks = [*([0] if SVD not in name else []), *range(r_min, r_max + 1)]
-        seeds = sorted({r.seed for r in exp.used if r.task == task and r.method == name.removesuffix(SVD)})
-        scored = _scores(exp, task, name, ranks, spec.metric, rows, seeds)
+        scored = _scores(exp, task, name, ranks, spec.metric, rows, exp.seeds(task, name))
         if scored is not None:
             out |= {(name, b): Interval.of(scored.whole[:, i], scored.resampled[:, :, i].mean(axis=1))
                     for i, b in enumerate(scored.ranks)}

@@ -75,6 +75,10 @@ class Experiment:
                 for r in self.used for m in r.metrics if (m.rank == 0) == adapter_off]
         return pd.DataFrame(rows, columns=["task", "method", "seed", "rank", "split", "metric", "value"])
 
+    def seeds(self, task: str, method: str) -> list[int]:
+        """The seeds of ``task``'s finished runs of ``method`` (``<method>+svd``: its trained method's)."""
+        return sorted({r.seed for r in self.used if r.task == task and r.method == trained_method(method)})
+
     def rank_range(self, task: str, method: str) -> tuple[int, int]:
         """(r_min, r_max) from the configs; a config without them falls back to 1 and the top rank."""
         runs = [r for r in self.used if r.task == task and r.method == trained_method(method)]

@@ -54,7 +54,7 @@ def settings_notes(exp: Experiment) -> list[str]:
         f"max_train_samples {setting_values(runs, 'data.max_train_samples')}; "
         f"max_eval_samples {setting_values(runs, 'data.max_eval_samples')}."
     ]
-    fewer = _fewer_seeds(runs, seeds)
+    fewer = _fewer_seeds(exp, seeds)
     if fewer:
         lines.append(fewer)
     for method in method_order(r.method for r in runs):
@@ -66,13 +66,13 @@ def settings_notes(exp: Experiment) -> list[str]:
     return lines
 
 
-def _fewer_seeds(runs: list[RunRecord], seeds: list[int]) -> str:
+def _fewer_seeds(exp: Experiment, seeds: list[int]) -> str:
     """The tasks and methods run at fewer seeds than the experiment's, each with its seeds ("" when none):
     a mean over fewer seeds is a different estimate, and the tables' ± alone does not say so."""
     by_task: dict[str, list[str]] = {}
-    for task in task_order({r.task for r in runs}):
-        for method in method_order({r.method for r in runs if r.task == task}):
-            have = sorted({r.seed for r in runs if r.task == task and r.method == method})
+    for task in task_order({r.task for r in exp.used}):
+        for method in method_order({r.method for r in exp.used if r.task == task}):
+            have = exp.seeds(task, method)
             if len(have) < len(seeds):
                 by_task.setdefault(task, []).append(f"{method_label(method)} {', '.join(map(str, have))}")
     if not by_task:
