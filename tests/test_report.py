@@ -258,6 +258,20 @@ def test_rank_curves_are_written(results):
         assert b"<svg" in svg.read_bytes()[:1000]
 
 
+def test_a_band_is_drawn_within_the_metric_range():
+    from dylora.lab.report.curves import band_limits
+    from dylora.lab.report.intervals import Interval
+
+    def band(*bounds):
+        return [Interval((lo + hi) / 2, lo, hi, 3, 1.0, 0.5) for lo, hi in bounds]
+
+    # a Pearson mean of 99 +- 3 cannot exceed 100, an MCC can go below 0 but not below -100
+    assert band_limits(band((96.0, 102.0), (-103.0, 4.0)), "pearson") == ([96.0, -100.0], [100.0, 4.0])
+    assert band_limits(band((-2.0, 3.0), (97.5, 101.0)), "accuracy") == ([0.0, 97.5], [3.0, 100.0])
+    assert band_limits(band((-5.0, 140.0)), "ter") == ([-5.0], [140.0])  # no bound: unchanged
+    assert band_limits([*band((1.0, 2.0)), None], "accuracy") is None  # a rank without an interval: no band
+
+
 def test_summary_auc_and_min_rank_by_hand(results):
     summary = pd.read_csv(results / "summary.csv")
     row = summary[(summary["task"] == "mnli") & (summary["method"] == "lora")].iloc[0]

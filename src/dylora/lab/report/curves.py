@@ -20,6 +20,7 @@ from dylora.lab.report.experiments import (
     Experiment,
     method_label,
     method_order,
+    metric_range,
     metric_scale,
     task_order,
     trained_method,
@@ -79,10 +80,11 @@ def plot_rank_curves(exp: Experiment, dest: Path) -> list[Path]:
         fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), sharey=True, squeeze=False)
         colors = {trained_method(m): f"C{i}" for i, m in enumerate(dict.fromkeys(map(trained_method, methods)))}
         for ax, panel in zip(axes[0], panels):
-            for method in (m for m in methods if (SVD in m) == (panel == "svd")):
+            in_panel = [m for m in methods if (SVD in m) == (panel == "svd")]
+            for method in in_panel:
                 c = of_task[of_task["method"] == method].sort_values("rank")
                 _plot_method(ax, c, method, task, colors[trained_method(method)], bands, off.get((task, method)))
-            ax.set(xlabel="rank b (0: adapter off)" if any(t == task for t, _ in off) else "rank b",
+            ax.set(xlabel="rank b (0: adapter off)" if any((task, m) in off for m in in_panel) else "rank b",
                    title="prefix truncation (the paper's)" if panel == "prefix" else "SVD truncation")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
@@ -115,13 +117,22 @@ def _adapter_off(exp: Experiment) -> dict[tuple[str, str], float]:
     return out
 
 
+def band_limits(band: list[Any], metric: str) -> tuple[list[float], list[float]] | None:
+    """A curve's band (its intervals, rank by rank) as lower and upper limits within the metric's range, since
+    the mean cannot leave it (a Pearson of 99 ± 3 is drawn up to 100); None when some rank has no interval."""
+    if not band or any(b is None for b in band):
+        return None
+    lo, hi = metric_range(metric) or (-math.inf, math.inf)
+    return [max(b.lo, lo) for b in band], [min(b.hi, hi) for b in band]
+
+
 def _plot_method(ax: Any, c: pd.DataFrame, method: str, task: str, color: str,
                  bands: dict[tuple[str, int], Any], off: float | None) -> None:
     label = method_label(method)
     ax.plot(c["rank"], c["mean"], marker="o", color=color, label=f"{label} (n={int(c['count'].max())})")
-    band = [bands.get((method, int(r))) for r in c["rank"]]
-    if all(b is not None for b in band):
-        ax.fill_between(c["rank"], [b.lo for b in band], [b.hi for b in band], color=color, alpha=0.2)
+    band = band_limits([bands.get((method, int(r))) for r in c["rank"]], c["metric"].iloc[0])
+    if band is not None:
+        ax.fill_between(c["rank"], *band, color=color, alpha=0.2)
     if off is not None:
         ax.plot([0], [off], marker="s", markerfacecolor="none", color=color, linestyle="none")
         ax.plot([0, int(c["rank"].min())], [off, float(c["mean"].iloc[0])], color=color, linestyle=":", alpha=0.6)

@@ -38,6 +38,7 @@ AVG = "avg"
 PERCENT = {"accuracy", "f1", "matthews_correlation", "pearson", "spearman", "bleu", "meteor", "rouge_l"}
 # ...except DART/WebNLG BLEU, which dylora.metrics.nlg already returns on 0..100 (multi-bleu's scale).
 ALREADY_PERCENT = {("dart", "bleu"), ("webnlg", "bleu")}
+CORRELATIONS = {"matthews_correlation", "pearson", "spearman"}  # the percent metrics that go down to -100
 LOWER_IS_BETTER = {"ter"}
 # A task without a fixed metric (synthetic, later tasks) uses the first of these it measured.
 FALLBACK_METRICS = ("accuracy", "f1", "matthews_correlation", "pearson", "bleu")
@@ -111,6 +112,13 @@ def config_value(config: dict[str, Any], dotted: str) -> Any:
 def metric_scale(task: str, metric: str) -> float:
     """Factor from the value a run records to the value shown (percent for 0..1 fractions)."""
     return 100.0 if metric in PERCENT and (task, metric) not in ALREADY_PERCENT else 1.0
+
+
+def metric_range(metric: str) -> tuple[float, float] | None:
+    """The values a percent metric can take, as shown; None for an unbounded one (TER, CIDEr, NIST)."""
+    if metric not in PERCENT:
+        return None
+    return (-100.0 if metric in CORRELATIONS else 0.0), 100.0
 
 
 def _experiment_of(record: RunRecord, root: Path) -> str:
