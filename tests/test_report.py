@@ -265,7 +265,7 @@ def test_a_band_is_drawn_within_the_metric_range():
     def band(*bounds):
         return [Interval((lo + hi) / 2, lo, hi, 3, 1.0, 0.5) for lo, hi in bounds]
 
-    # a Pearson mean of 99 +- 3 cannot exceed 100, an MCC can go below 0 but not below -100
+    # a correlation lies in [-100, 100] and an accuracy in [0, 100]: a band is cut there, never moved
     assert band_limits(band((96.0, 102.0), (-103.0, 4.0)), "pearson") == ([96.0, -100.0], [100.0, 4.0])
     assert band_limits(band((-2.0, 3.0), (97.5, 101.0)), "accuracy") == ([0.0, 97.5], [3.0, 100.0])
     assert band_limits(band((-5.0, 140.0)), "ter") == ([-5.0], [140.0])  # no bound: unchanged
