@@ -76,13 +76,17 @@ class Experiment:
                 for r in self.used for m in r.metrics if (m.rank == 0) == adapter_off]
         return pd.DataFrame(rows, columns=["task", "method", "seed", "rank", "split", "metric", "value"])
 
+    def runs_of(self, task: str, method: str) -> list[RunRecord]:
+        """``task``'s finished runs of ``method`` (``<method>+svd``: its trained method's)."""
+        return [r for r in self.used if r.task == task and r.method == trained_method(method)]
+
     def seeds(self, task: str, method: str) -> list[int]:
-        """The seeds of ``task``'s finished runs of ``method`` (``<method>+svd``: its trained method's)."""
-        return sorted({r.seed for r in self.used if r.task == task and r.method == trained_method(method)})
+        """The seeds of ``task``'s finished runs of ``method``."""
+        return sorted({r.seed for r in self.runs_of(task, method)})
 
     def rank_range(self, task: str, method: str) -> tuple[int, int]:
         """(r_min, r_max) from the configs; a config without them falls back to 1 and the top rank."""
-        runs = [r for r in self.used if r.task == task and r.method == trained_method(method)]
+        runs = self.runs_of(task, method)
         r_min = min(int(config_value(r.config, "method.r_min") or 1) for r in runs)
         r_max = max(int(config_value(r.config, "method.r_max") or max((m.rank for m in r.metrics), default=1))
                     for r in runs)
