@@ -192,7 +192,7 @@ endif
 
 ## reproduce-paper[-cpu]: every EACL table the paper's GLUE experiments have beyond Table 2 (Tables
 ## 1 and 5, 4, 7; Table 2 and the workshop Table 1 are reproduce-table1[-cpu]): one plan and cost
-## estimate first, then each target in turn. -cpu: about 1.6 h by the estimate, 68 min measured.
+## estimate first, then each target in turn. -cpu: about 1.0 h by the estimate, 68 min measured.
 PAPER_TARGETS = $(foreach t,search table4 table7,$(subst reproduce-paper,reproduce-$(t),$@))
 reproduce-paper reproduce-paper-cpu: $(STAMP)
 	plan=$$(mktemp) && trap 'rm -f "$$plan"' EXIT && \

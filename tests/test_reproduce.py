@@ -33,29 +33,73 @@ def test_expand_is_the_cartesian_product_of_the_sweeps():
     )
 
 
-def test_split_sizes_count_the_rows_written(small_glue):
+def _words(ex) -> int:
+    return len(ex.text_a.split()) + (len(ex.text_b.split()) if ex.text_b is not None else 0)
+
+
+def _tokens(examples) -> int:
+    """The examples' tokens, estimated independently: 1.25 tokens a word, 3 special tokens a row."""
+    return sum(round(1.25 * _words(ex)) + 3 for ex in examples)
+
+
+def test_split_stats_count_the_rows_and_words_written(small_glue):
     for task in ("rte", "cola"):  # cola's files have no header line, rte's have one
-        n_train = len(make_examples(task, "train", 40))
-        assert reproduce.split_sizes(task, str(small_glue)) == (n_train, (len(make_examples(task, "validation", 16)),))
-    assert reproduce.split_sizes("mnli", str(small_glue)) == (40, (16, 16))  # matched and mismatched
-    assert reproduce.split_sizes("qqp", None) == (363846, (40430,))  # the hub: the published sizes
+        [train, dev] = reproduce.split_stats(task, str(small_glue), max_length=512)
+        for split, got, n in (("train", train, 40), ("validation", dev, 16)):
+            examples = make_examples(task, split, n)
+            assert (got.rows, got.tokens) == (n, _tokens(examples))
+        first = reproduce.split_stats(task, str(small_glue), max_length=512, train_limit=5, eval_limit=3)
+        assert first == [reproduce.Split(n, _tokens(make_examples(task, split, m)[:n]))
+                         for split, n, m in (("train", 5, 40), ("validation", 3, 16))]
+    assert [s.rows for s in reproduce.split_stats("mnli", str(small_glue), 512)] == [40, 16, 16]  # matched, mismatched
+    # the hub: the published sizes, and a row of the task's mean words
+    assert reproduce.split_stats("qqp", None, 128) == [reproduce.Split(363846, 363846 * 31),
+                                                       reproduce.Split(40430, 40430 * 31)]  # 22 words: 28 + 3
+    assert reproduce.split_stats("qqp", None, 16, 100, 10) == [reproduce.Split(100, 1600), reproduce.Split(10, 160)]
 
 
-@pytest.mark.parametrize(("extra", "train_steps", "batch"), [
-    ([], 4 * math.ceil(40 / 16), 16),  # the scripts_cpu preset for RTE (per_task): 4 epochs of batch 16 over 40 rows
-    (["data.max_train_samples=10"], 4, 16),  # one short batch per epoch
-    (["trainer.per_task.rte.epochs=6"], 6 * math.ceil(40 / 16), 16),  # per_task values are counted
-    (["trainer.max_steps=5", "trainer.batch_size=4"], 5, 4),
+def test_the_plan_counts_the_first_max_eval_samples_rows(small_glue, tmp_path):
+    args = ["experiment=table1_cpu", "task=rte", "method=lora", "seed=1", f"data.glue_dir={small_glue}",
+            f"out_dir={tmp_path}", "data.max_eval_samples=5"]
+    [run] = reproduce.plan(args)[1]
+    dev = make_examples("rte", "validation", 16)[:5]
+    assert (run.eval_sequences, run.eval_tokens) == (5 * 9, 9 * _tokens(dev))
+
+
+def test_a_split_without_rows_is_named(tmp_path):
+    folder = write_glue_dir(tmp_path, tasks=("rte",), n_train=4, n_dev=4)
+    dev = folder / "RTE" / "dev.tsv"
+    dev.write_text(dev.read_text().splitlines()[0] + "\n")  # the header line alone
+    with pytest.raises(DataError, match="dev.tsv has no data rows"):
+        reproduce.split_stats("rte", str(folder), 128)
+
+
+def test_a_row_is_truncated_at_max_length_as_the_tokenizer_does():
+    text = ("word " * 100).strip()
+    assert reproduce.row_tokens((text,), 512) == 128 and reproduce.row_tokens((text, text), 512) == 253
+    assert reproduce.row_tokens((text, text), 128) == 128 and reproduce.row_tokens(("",), 128) == 3
+
+
+@pytest.mark.parametrize(("extra", "train_steps", "batch", "train_rows"), [
+    ([], 4 * math.ceil(40 / 16), 16, 40),  # the scripts_cpu preset for RTE (per_task): 4 epochs of batch 16, 40 rows
+    (["data.max_train_samples=10"], 4, 16, 10),  # one short batch per epoch
+    (["trainer.per_task.rte.epochs=6"], 6 * math.ceil(40 / 16), 16, 40),  # per_task values are counted
+    (["trainer.max_steps=5", "trainer.batch_size=4"], 5, 4, 40),
 ])
-def test_plan_counts_sequences_from_the_composed_config(small_glue, tmp_path, extra, train_steps, batch):
+def test_plan_counts_sequences_and_tokens_from_the_composed_config(small_glue, tmp_path, extra, train_steps, batch,
+                                                                   train_rows):
     args = ["experiment=table1_cpu", "task=rte", "method=lora,dylora", "seed=7", f"data.glue_dir={small_glue}",
             f"out_dir={tmp_path}", *extra]
     configs, runs = reproduce.plan(args)
     assert [(r.task, r.method, r.seed) for r in runs] == [("rte", "lora", 7), ("rte", "dylora", 7)]
     assert all(c["model"]["name"] == "minilm" and c["preset"] == "scripts_cpu" for c in configs)
+    train_tokens = _tokens(make_examples("rte", "train", 40)[:train_rows])
+    dev_tokens = _tokens(make_examples("rte", "validation", 16))
     for r in runs:
         assert r.train_sequences == train_steps * batch
         assert r.eval_sequences == 16 * 9  # every dev row at ranks 0 (the adapter off) and 1..8
+        assert r.train_tokens == round(train_steps * batch * train_tokens / train_rows)  # a mean row per sequence
+        assert r.eval_tokens == dev_tokens * 9
         assert not r.done
 
 
@@ -70,10 +114,11 @@ def test_plan_sees_finished_runs(small_glue, tmp_path):
     assert [r.done for r in reproduce.plan(args)[1]] == [True]
 
 
-def test_estimate_sums_the_runs_left_at_the_assumed_rates():
-    runs = [PlannedRun("rte", "lora", 1, 1000, 200, False), PlannedRun("rte", "dylora", 1, 500, 100, False),
-            PlannedRun("cola", "lora", 1, 9999, 9999, True)]  # finished: costs nothing
-    train_s, eval_s = reproduce.SECONDS_PER_SEQUENCE[("minilm", "cpu")]
+def test_estimate_sums_the_tokens_left_at_the_assumed_rates():
+    runs = [PlannedRun("rte", "lora", 1, 10, 2, 1000, 200, False),
+            PlannedRun("rte", "dylora", 1, 5, 1, 500, 100, False),
+            PlannedRun("cola", "lora", 1, 99, 99, 9999, 9999, True)]  # finished: costs nothing
+    train_s, eval_s = reproduce.SECONDS_PER_TOKEN[("minilm", "cpu")]
     seconds, rates, fallback = reproduce.estimate_seconds(runs, "minilm", "cpu")
     assert seconds == pytest.approx(1500 * train_s + 300 * eval_s) and rates == (train_s, eval_s) and not fallback
     assert reproduce.estimate_seconds(runs, "unknown-model", "cpu")[1:] == (reproduce.FALLBACK_SECONDS, True)
@@ -81,6 +126,45 @@ def test_estimate_sums_the_runs_left_at_the_assumed_rates():
     bf16_seconds, bf16_rates, _ = reproduce.estimate_seconds(runs, "minilm", "cpu", "bf16")
     assert bf16_seconds == pytest.approx(factor * seconds) and bf16_rates == pytest.approx((factor * train_s,
                                                                                            factor * eval_s))
+
+
+def test_measured_seconds_per_token_divide_the_runs_times_by_their_tokens(small_glue, tmp_path):
+    import json
+
+    import yaml
+
+    from dylora import records
+
+    times = {("rte", 1): (30.0, 4.0), ("cola", 2): (50.0, 6.0)}  # (train_seconds, sweep_seconds) per (task, seed)
+    tokens = {}
+    for (task, seed), (train_s, sweep_s) in times.items():
+        args = ["experiment=table1_cpu", f"task={task}", "method=lora", f"seed={seed}", f"out_dir={tmp_path}",
+                f"data.glue_dir={small_glue}", "trainer.max_steps=5", "trainer.batch_size=4"]
+        config = compose_spec(args).config
+        run_dir = records.run_dir_for(tmp_path, config)
+        run_dir.mkdir(parents=True)
+        (run_dir / records.CONFIG).write_text(yaml.safe_dump(config))
+        (run_dir / records.METRICS).write_text("")
+        (run_dir / records.ENV).write_text(json.dumps({"train_seconds": train_s, "sweep_seconds": sweep_s}))
+        records.mark_done(run_dir)
+        train = make_examples(task, "train", 40)
+        tokens[task] = (5 * 4 * _tokens(train) / len(train), 9 * _tokens(make_examples(task, "validation", 16)))
+    train_s, eval_s = reproduce.measured_seconds_per_token(tmp_path, str(small_glue))
+    assert train_s == pytest.approx(80 / (tokens["rte"][0] + tokens["cola"][0]), rel=1e-3)
+    assert eval_s == pytest.approx(10 / (tokens["rte"][1] + tokens["cola"][1]))
+    with pytest.raises(DataError, match="no finished run"):
+        reproduce.measured_seconds_per_token(tmp_path / "empty", str(small_glue))
+
+
+SHARED_GLUE = REPO.parent / "shared" / "data" / "glue"
+
+
+@pytest.mark.skipif(not SHARED_GLUE.is_dir(), reason="needs ../shared/data/glue, where the runs' rows are")
+@pytest.mark.parametrize(("model", "records"), [("minilm", "search_eacl_cpu"), ("mpnet-base", "table1_mpnet_cpu")])
+def test_the_cpu_figures_are_what_the_committed_runs_measured(model, records):
+    per_job = reproduce.measured_seconds_per_token(REPO / "results" / records / "records", str(SHARED_GLUE))
+    two_jobs_in_fp32 = [seconds / 2 / reproduce.PRECISION_FACTOR[("cpu", "bf16")] for seconds in per_job]
+    assert reproduce.SECONDS_PER_TOKEN[(model, "cpu")] == pytest.approx(two_jobs_in_fp32, rel=5e-3)
 
 
 def test_missing_task_files_stop_it_with_one_message_naming_them(small_glue, tmp_path, capsys):
@@ -265,7 +349,7 @@ def test_help_prints_the_usage_and_an_option_is_a_one_line_error():
 
 
 def _run(task: str, method: str, r_max: int, seed: int = 1) -> PlannedRun:
-    return PlannedRun(task, method, seed, 1, 1, False, r_max)
+    return PlannedRun(task, method, seed, 1, 1, 1, 1, False, r_max)
 
 
 def test_the_run_count_is_printed_as_the_terms_that_make_it():

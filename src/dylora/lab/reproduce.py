@@ -12,8 +12,9 @@ expands the sweeps (``a,b``) as Hydra's basic sweeper does, composes every run's
 - checks that every task's files exist under ``data.glue_dir`` (all missing files named at once),
   and that ``model.path``, when set, is a folder;
 - prints the runs (tasks, methods, seeds; how many are already finished and will be skipped), their
-  count as the terms that make it, and a cost estimate: training and evaluation sequences times an
-  assumed time per sequence for the model and device (``SECONDS_PER_SEQUENCE``), printed as an assumption.
+  count as the terms that make it, and a cost estimate: the training and evaluation sequences' tokens
+  (estimated from the words of the rows) times an assumed time per token for the model and device
+  (``SECONDS_PER_TOKEN``), printed as an assumption.
 
 Exit status 1 with a one-line ``error:`` when a file is missing or the configuration is invalid.
 """
@@ -34,27 +35,38 @@ GLUE_SIZES: dict[str, tuple[int, tuple[int, ...]]] = {
     "cola": (8551, (1043,)), "sst2": (67349, (872,)), "mrpc": (3668, (408,)), "qqp": (363846, (40430,)),
     "stsb": (5749, (1500,)), "mnli": (392702, (9815, 9832)), "qnli": (104743, (5463,)), "rte": (2490, (277,)),
 }
+# A row's tokens, estimated without loading a tokenizer: subword tokens per whitespace word, plus the special
+# tokens. On ../shared/data/glue's training rows at max_length 128 the estimate is within 7 % of the mean that
+# MiniLM's and MPNet's tokenizers give (CoLA 12.6 against 12.3, STS-B 27.9 against 28.6, MRPC 57.9 against 54.4).
+TOKENS_PER_WORD = 1.25
+SPECIAL_TOKENS = 3
+# Mean words per row (text_a and text_b together), for the hub: counted on ../shared/data/glue (CoLA, MRPC, RTE and
+# STS-B training rows, QNLI's dev rows); SST-2, QQP and MNLI, whose files are not here, are rough guesses.
+GLUE_WORDS: dict[str, float] = {"cola": 7.7, "sst2": 10.0, "mrpc": 43.9, "qqp": 22.0, "stsb": 19.9, "mnli": 33.0,
+                                "qnli": 36.4, "rte": 52.4}
 
-# Assumed seconds per sequence (training: forward + backward + step; evaluation: forward), by
-# model and device type, at the presets' max lengths with per-batch padding. Rough by design:
-# - roberta-base, cuda: ~0.1 s per step of 32 on one A100/H100-class GPU (an assumption, not measured);
-# - minilm, cpu: measured by make reproduce-table1-cpu (mrpc stsb cola rte, two one-thread jobs
-#   side by side on 2 cores, 2026-11-24): per job, training 0.008 (CoLA) to 0.048 (RTE) s per
-#   sequence, evaluation 0.0035 (CoLA) to 0.028 (RTE); over the whole run (282k training and 77k
-#   evaluation sequences, 100 job-minutes, 51.7 minutes) 0.0095 and 0.0055 s of wall-clock.
-#   Longer inputs cost more.
-# - mpnet-base: RoBERTa-base's shapes, so its CUDA figures; on the CPU a step measured 4.1x MiniLM's
-#   (MRPC, batch 16, one thread, bf16 autocast: 2.0 s against 0.49 s), so MiniLM's figures x 4.1.
-SECONDS_PER_SEQUENCE: dict[tuple[str, str], tuple[float, float]] = {
-    ("roberta-base", "cuda"): (3e-3, 1e-3),
-    ("roberta-large", "cuda"): (9e-3, 3e-3),
-    ("minilm", "cpu"): (0.0095, 0.0055),
-    ("minilm", "cuda"): (1e-3, 3e-4),
-    ("mpnet-base", "cpu"): (0.039, 0.023),
-    ("mpnet-base", "cuda"): (3e-3, 1e-3),
-    ("roberta-base", "cpu"): (1.2, 0.4),
+# Assumed seconds of wall-clock per token (training: forward + backward + step; evaluation: forward), by model
+# and device type, for fp32 and a sweep's usual launcher. Rough by design; a run's cost follows its tokens, so a
+# task of long rows (RTE) costs several times a task of short ones (CoLA) per row.
+# - minilm and mpnet-base, cpu: measured_seconds_per_token over committed records (results/<experiment>/records),
+#   run as two one-thread jobs side by side on 2 cores in bf16, so a figure is half a job's time over the bf16
+#   factor below (tests/test_reproduce.py recomputes them). minilm: search_eacl_cpu (14 runs, the cores to
+#   themselves; the plan gives reproduce-paper-cpu 1.0 h against 68 min measured). mpnet-base: table1_mpnet_cpu
+#   (a base stored in fp32, other work on the machine at times: a bf16 base with the cores to itself measured
+#   0.6x this on RTE). Work beside the runs (tests, CI) made table1_cpu's MiniLM runs twice as slow. Per
+#   token, table1_cpu's tasks spread over 2x (a job's median: CoLA 5.0e-4 s, RTE 9.7e-4 s); per sequence, 10x.
+# - the cuda figures: ~0.1 s per step of 32 sequences of ~40 tokens on one A100/H100-class GPU for roberta-base,
+#   3x that for roberta-large (assumptions, not measured).
+SECONDS_PER_TOKEN: dict[tuple[str, str], tuple[float, float]] = {
+    ("roberta-base", "cuda"): (7.5e-5, 2.5e-5),
+    ("roberta-large", "cuda"): (2.2e-4, 7.5e-5),
+    ("minilm", "cpu"): (2.65e-4, 8.01e-5),
+    ("minilm", "cuda"): (2.5e-5, 7.5e-6),
+    ("mpnet-base", "cpu"): (1.86e-3, 7.65e-4),
+    ("mpnet-base", "cuda"): (7.5e-5, 2.5e-5),
+    ("roberta-base", "cpu"): (1.86e-3, 7.65e-4),  # RoBERTa-base's shapes are MPNet-base's
 }
-FALLBACK_SECONDS = (0.05, 0.015)
+FALLBACK_SECONDS = (1.2e-3, 4e-4)
 # The figures above are fp32 ones; a precision with a measured speed on a device scales them. CPU bf16:
 # make bench's bf16_step_ratio on this project's CPU (AMD EPYC, avx512_bf16; results/bench.json).
 PRECISION_FACTOR: dict[tuple[str, str], float] = {("cpu", "bf16"): 0.71}
@@ -67,6 +79,8 @@ class PlannedRun:
     seed: int
     train_sequences: int  # training rows x epochs (or max_steps x batch size)
     eval_sequences: int  # evaluation rows x ranks evaluated (rank 0, the adapter off, included)
+    train_tokens: int  # the training sequences' estimated tokens (row_tokens)
+    eval_tokens: int  # the evaluation sequences' estimated tokens
     done: bool  # already finished: dylora-run skips it
     r_max: int = 0  # the adapter's r_max (a rank search trains LoRA at several)
 
@@ -111,23 +125,40 @@ def check_inputs(configs: list[dict[str, Any]]) -> None:
         raise ConfigError(f"model.path={bad[0]} is not a folder; set MODEL_PATH to a local copy of the model")
 
 
-def _tsv_rows(path: Path, header: bool) -> int:
-    with path.open("rb") as f:
-        return max(sum(1 for line in f if line.strip()) - header, 0)
+def row_tokens(texts: tuple[str, ...], max_length: int) -> int:
+    """A row's estimated tokens (TOKENS_PER_WORD, SPECIAL_TOKENS), truncated at ``max_length`` as the tokenizer does."""
+    return min(max_length, round(TOKENS_PER_WORD * sum(len(t.split()) for t in texts)) + SPECIAL_TOKENS)
 
 
-def split_sizes(task: str, glue_dir: str | None) -> tuple[int, tuple[int, ...]]:
-    """(training rows, rows of each evaluation split): counted lines of the TSV files, or the hub's sizes."""
-    from dylora.tasks.glue import GLUE_TASKS, get_task
+@dataclass(frozen=True)
+class Split:
+    rows: int
+    tokens: int  # the rows' estimated tokens in all
+
+
+def split_stats(task: str, glue_dir: str | None, max_length: int, train_limit: int | None = None,
+                eval_limit: int | None = None) -> list[Split]:
+    """The training split, then each evaluation split, of ``task``: rows (the first ``train_limit`` or
+    ``eval_limit``) and their estimated tokens, from the TSV files, or for the hub from its published sizes and
+    GLUE_WORDS."""
+    from dylora.tasks.glue import GLUE_TASKS, get_task, tsv_texts
 
     if task not in GLUE_TASKS:
         raise ConfigError(f"task={task}: the reproduce plan counts GLUE tasks only ({', '.join(GLUE_TASKS)})")
     if glue_dir is None:
-        return GLUE_SIZES[task]
+        n_train, n_evals = GLUE_SIZES[task]
+        per_row = min(max_length, round(TOKENS_PER_WORD * GLUE_WORDS[task]) + SPECIAL_TOKENS)
+        rows = [min(n_train, train_limit or n_train), *(min(n, eval_limit or n) for n in n_evals)]
+        return [Split(n, n * per_row) for n in rows]
     spec = get_task(task)
-    header = not spec.tsv_headerless_columns
     root = Path(glue_dir) / spec.dir_name
-    return _tsv_rows(root / "train.tsv", header), tuple(_tsv_rows(root / f, header) for f in spec.eval_files)
+    splits = []
+    for name, limit in (("train.tsv", train_limit), *((f, eval_limit) for f in spec.eval_files)):
+        tokens = [row_tokens(texts, max_length) for texts in tsv_texts(task, root / name)[:limit]]
+        if not tokens:
+            raise DataError(f"{root / name} has no data rows; it must hold at least one example")
+        splits.append(Split(len(tokens), sum(tokens)))
+    return splits
 
 
 def plan_run(config: dict[str, Any]) -> PlannedRun:
@@ -137,21 +168,35 @@ def plan_run(config: dict[str, Any]) -> PlannedRun:
 
     spec = RunSpec.from_dict(config)
     data, trainer = spec.data, spec.trainer
-    n_train, n_evals = split_sizes(spec.task.name, data.glue_dir)
-    n_train = min(n_train, data.max_train_samples or n_train)
-    n_eval = sum(min(n, data.max_eval_samples or n) for n in n_evals)
+    train, *evals = split_stats(spec.task.name, data.glue_dir, spec.model.max_length, data.max_train_samples,
+                                data.max_eval_samples)
     per_step = trainer.batch_size * trainer.grad_accum
     if trainer.max_steps is not None:
         train_sequences = trainer.max_steps * per_step
     else:
-        train_sequences = math.ceil(trainer.epochs * math.ceil(n_train / per_step)) * per_step
+        train_sequences = math.ceil(trainer.epochs * math.ceil(train.rows / per_step)) * per_step
     train_sequences *= len(summed_ranks(spec.adapter) or [None])  # loss=sum: a pass per rank each step
     run_dir = records.run_dir_for(spec.out_dir, spec.config)  # as the runner names it: per-task values applied
     done = (run_dir / records.DONE).exists()
     # a sweep per truncation, the first also at rank 0 (the adapter off), as the runner evaluates
     evaluated = 1 + len(spec.eval_ranks) * len(spec.truncations)
-    return PlannedRun(spec.task.name, spec.method_name, spec.seed, train_sequences, n_eval * evaluated, done,
+    eval_rows, eval_tokens = sum(e.rows for e in evals), sum(e.tokens for e in evals)
+    return PlannedRun(spec.task.name, spec.method_name, spec.seed, train_sequences, eval_rows * evaluated,
+                      round(train_sequences * train.tokens / train.rows), eval_tokens * evaluated, done,
                       spec.adapter.r_max)
+
+
+def measured_seconds_per_token(records_root: str | Path, glue_dir: str) -> tuple[float, float]:
+    """One job's (training, evaluation) seconds per estimated token over the finished runs under ``records_root``:
+    their env.json's train_seconds and sweep_seconds summed, over their planned tokens summed."""
+    from dylora.records import iter_runs
+
+    runs = [r for r in iter_runs(records_root, weights=False) if r.done and "train_seconds" in r.env]
+    if not runs:
+        raise DataError(f"{records_root} holds no finished run with a measured time; point it at a records folder")
+    planned = [plan_run({**r.config, "data": {**r.config["data"], "glue_dir": glue_dir}}) for r in runs]
+    return (sum(r.env["train_seconds"] for r in runs) / sum(p.train_tokens for p in planned),
+            sum(r.env["sweep_seconds"] for r in runs) / sum(p.eval_tokens for p in planned))
 
 
 def device_type(configs: list[dict[str, Any]]) -> str:
@@ -165,13 +210,13 @@ def device_type(configs: list[dict[str, Any]]) -> str:
 
 def estimate_seconds(runs: list[PlannedRun], model: str, device: str,
                      precision: str = "fp32") -> tuple[float, tuple[float, float], bool]:
-    """(seconds for the runs not yet finished, the per-sequence assumption used, whether it is a fallback)."""
-    known = (model, device) in SECONDS_PER_SEQUENCE
-    train_s, eval_s = SECONDS_PER_SEQUENCE.get((model, device), FALLBACK_SECONDS)
+    """(seconds for the runs not yet finished, the per-token assumption used, whether it is a fallback)."""
+    known = (model, device) in SECONDS_PER_TOKEN
+    train_s, eval_s = SECONDS_PER_TOKEN.get((model, device), FALLBACK_SECONDS)
     factor = PRECISION_FACTOR.get((device, precision), 1.0)
     train_s, eval_s = train_s * factor, eval_s * factor
     todo = [r for r in runs if not r.done]
-    return sum(r.train_sequences * train_s + r.eval_sequences * eval_s for r in todo), (train_s, eval_s), not known
+    return sum(r.train_tokens * train_s + r.eval_tokens * eval_s for r in todo), (train_s, eval_s), not known
 
 
 def _plural(n: int, word: str) -> str:
@@ -216,6 +261,7 @@ def describe(configs: list[dict[str, Any]], runs: list[PlannedRun]) -> str:
     seconds, (train_s, eval_s), fallback = estimate_seconds(runs, model, device, precision)
     glue_dir = first["data"]["glue_dir"]
     done = sum(r.done for r in runs)
+    todo = [r for r in runs if not r.done]
     lines = [
         f"plan: experiment {first['experiment']}: {_plural(len(runs), 'run')} ({done} already finished, skipped) = "
         f"{count_terms(runs)}",
@@ -225,12 +271,14 @@ def describe(configs: list[dict[str, Any]], runs: list[PlannedRun]) -> str:
         f"  model {model} ({first['model'].get('path') or first['model'].get('hub_id') or first['model']['source']}), "
         f"preset {first.get('preset')}, device {device}, data {glue_dir or 'the Hugging Face hub'}",
         f"  out_dir {first['out_dir']}",
-        f"  cost: {sum(r.train_sequences for r in runs if not r.done):,} training and "
-        f"{sum(r.eval_sequences for r in runs if not r.done):,} evaluation sequences left, about {_hours(seconds)}",
+        f"  cost: {sum(r.train_sequences for r in todo):,} training and "
+        f"{sum(r.eval_sequences for r in todo):,} evaluation sequences left "
+        f"({sum(r.train_tokens for r in todo):,} and {sum(r.eval_tokens for r in todo):,} tokens), "
+        f"about {_hours(seconds)}",
         f"  (ASSUMPTION{' - no figure for this model/device, a generic guess' if fallback else ''}: "
-        f"{train_s:g} s per training and {eval_s:g} s per evaluation sequence "
+        f"{train_s:.3g} s per training and {eval_s:.3g} s per evaluation token "
         f"for {model} on {device} in {precision}; "
-        "see dylora.lab.reproduce.SECONDS_PER_SEQUENCE)",
+        "see dylora.lab.reproduce.SECONDS_PER_TOKEN)",
     ]
     if device == "cpu" and model.startswith("roberta"):
         lines.append("  warning: this is meant for GPUs; on a CPU use make reproduce-table1-cpu")

@@ -222,6 +222,11 @@ def _load_tsv_dir(spec: GlueTask, glue_dir: Path, limits: dict[str, int | None])
 # ---------------------------------------------------------------------------- TSV reading
 
 
+def tsv_texts(task: str, path: Path) -> list[tuple[str, ...]]:
+    """The text columns (text_a[, text_b]) of every row of one of ``task``'s GLUE TSV files."""
+    return [row[:-1] for row in _read_tsv(get_task(task), Path(path), None)]
+
+
 def _read_split(spec: GlueTask, path: Path, limit: int | None) -> datasets.Dataset:
     rows = _read_tsv(spec, path, limit)
     if not rows:
