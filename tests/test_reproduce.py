@@ -164,7 +164,8 @@ SHARED_GLUE = REPO.parent / "shared" / "data" / "glue"
 def test_the_cpu_figures_are_what_the_committed_runs_measured(model, records):
     per_job = reproduce.measured_seconds_per_token(REPO / "results" / records / "records", str(SHARED_GLUE))
     two_jobs_in_fp32 = [seconds / 2 / reproduce.PRECISION_FACTOR[("cpu", "bf16")] for seconds in per_job]
-    assert reproduce.SECONDS_PER_TOKEN[(model, "cpu")] == pytest.approx(two_jobs_in_fp32, rel=5e-3)
+    assert reproduce.SECONDS_PER_TOKEN[(model, "cpu")] == pytest.approx(two_jobs_in_fp32, rel=5e-3), \
+        f"the records of {records} changed: set SECONDS_PER_TOKEN[({model!r}, 'cpu')] to {two_jobs_in_fp32}"
 
 
 def test_missing_task_files_stop_it_with_one_message_naming_them(small_glue, tmp_path, capsys):
