@@ -251,6 +251,30 @@ def test_missing_and_unfinished_runs_are_listed(results):
         assert section.count("| sst2 |") == 2  # nothing else is reported missing
 
 
+def test_the_seeds_a_task_and_method_lack_are_one_row(tmp_path):
+    for seed in (0, 1, 2, 3):
+        write_run(tmp_path / "exp", "cola", "dylora", seed)
+    for seed in (0, 3):
+        write_run(tmp_path / "exp", "cola", "lora", seed)
+    write_run(tmp_path / "exp", "mrpc", "lora", 0)
+    write_run(tmp_path / "exp", "rte", "lora", 0)
+    write_run(tmp_path / "exp", "rte", "dylora", 0)
+    missing = {(i.task, i.method): (i.seed, i.status, i.detail) for i in exp_issues(tmp_path / "exp")}
+    assert missing == {  # the grid: seeds 0..3 of each task and method seen
+        ("cola", "lora"): (None, "absent", "no run directory for seeds 1, 2"),
+        ("mrpc", "lora"): (None, "absent", "no run directory for seeds 1, 2, 3"),
+        ("mrpc", "dylora"): (None, "absent", "no run directory for seeds 0, 1, 2, 3"),
+        ("rte", "lora"): (None, "absent", "no run directory for seeds 1, 2, 3"),
+        ("rte", "dylora"): (None, "absent", "no run directory for seeds 1, 2, 3"),
+    }
+    write_run(tmp_path / "exp", "cola", "lora", 1)
+    assert {(i.task, i.method): i.seed for i in exp_issues(tmp_path / "exp")}[("cola", "lora")] == 2  # one: its seed
+
+
+def exp_issues(out_dir):
+    return report.load_experiments(out_dir)[EXPERIMENT].issues
+
+
 def test_rank_curves_are_written(results):
     for task in TASKS:
         png, svg = results / f"rank_curve_{task}.png", results / f"rank_curve_{task}.svg"

@@ -172,16 +172,20 @@ def _experiment(name: str, runs: list[RunRecord], root: Path) -> Experiment:
 
 
 def _absent(runs: list[RunRecord], finished: set[tuple[str, str, int]]) -> list[Issue]:
-    """The grid is every task × method × seed seen in the experiment; report the holes."""
+    """The grid is every task × method × seed seen in the experiment; report the holes, one issue per task and
+    method (its seed when one is missing, else the seeds in the detail)."""
     known = [r for r in runs if r.task and r.method and "seed" in r.config]
     present = {(r.task, r.method, r.seed) for r in known} | finished
-    return [
-        Issue(t, m, s, "absent", "no run directory for this combination")
-        for t in task_order(r.task for r in known)
-        for m in method_order(r.method for r in known)
-        for s in sorted({r.seed for r in known})
-        if (t, m, s) not in present
-    ]
+    seeds = sorted({r.seed for r in known})
+    issues = []
+    for t in task_order(r.task for r in known):
+        for m in method_order(r.method for r in known):
+            holes = [s for s in seeds if (t, m, s) not in present]
+            if len(holes) == 1:
+                issues.append(Issue(t, m, holes[0], "absent", "no run directory for this combination"))
+            elif holes:
+                issues.append(Issue(t, m, None, "absent", f"no run directory for seeds {', '.join(map(str, holes))}"))
+    return issues
 
 
 def task_order(tasks: Iterable[str]) -> list[str]:
