@@ -114,6 +114,29 @@ def test_plan_sees_finished_runs(small_glue, tmp_path):
     assert [r.done for r in reproduce.plan(args)[1]] == [True]
 
 
+def test_a_run_with_a_checkpoint_costs_only_the_steps_after_it(small_glue, tmp_path, capsys):
+    import json
+
+    from dylora import records
+    from dylora.train import POINTER, STATE
+
+    args = ["experiment=table1_cpu", "task=rte", "method=lora", "seed=1", f"data.glue_dir={small_glue}",
+            f"out_dir={tmp_path}", "trainer.max_steps=10", "trainer.batch_size=4"]
+    [fresh] = reproduce.plan(args)[1]
+    checkpoint = records.run_dir_for(tmp_path, compose_spec(args).config) / records.CHECKPOINT
+    checkpoint.mkdir(parents=True)
+    (checkpoint / POINTER).write_text(json.dumps({"file": STATE.format(step=4), "sha256": "0" * 64}))
+    [resumed] = reproduce.plan(args)[1]
+    assert (fresh.resumes_at, fresh.train_sequences) == (0, 10 * 4)
+    assert (resumed.resumes_at, resumed.train_sequences) == (4, 6 * 4)  # steps 5..10 left
+    assert resumed.train_tokens == pytest.approx(fresh.train_tokens * 6 / 10, abs=1)
+    assert resumed.eval_tokens == fresh.eval_tokens and not resumed.done  # the sweep is still to do
+    assert reproduce.main(args) == 0
+    assert "(0 already finished, skipped; 1 resumes from its checkpoint)" in capsys.readouterr().out
+    (checkpoint / POINTER).write_text("{not json")  # unreadable: the run starts over, as load_checkpoint does
+    assert reproduce.plan(args)[1][0].resumes_at == 0
+
+
 def test_estimate_sums_the_tokens_left_at_the_assumed_rates():
     runs = [PlannedRun("rte", "lora", 1, 10, 2, 1000, 200, False),
             PlannedRun("rte", "dylora", 1, 5, 1, 500, 100, False),

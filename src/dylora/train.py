@@ -269,6 +269,16 @@ def save_checkpoint(directory: Path, model: nn.Module, optimizer: torch.optim.Op
             old.unlink()
 
 
+def checkpoint_step(directory: Path) -> int:
+    """The step of the latest checkpoint in ``directory`` (0 when there is none), where a rerun resumes;
+    from the pointer's file name alone (load_checkpoint checks the file)."""
+    try:
+        name = json.loads((directory / POINTER).read_text())["file"]
+        return int(name.removeprefix("state-").removesuffix(".safetensors"))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return 0
+
+
 def load_checkpoint(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer, result: TrainResult,
                     scaler: torch.amp.GradScaler | None = None) -> bool:
     """Restore the latest checkpoint into model/optimizer/result/scaler; False when there is none usable.

@@ -11,10 +11,11 @@ expands the sweeps (``a,b``) as Hydra's basic sweeper does, composes every run's
 
 - checks that every task's files exist under ``data.glue_dir`` (all missing files named at once),
   and that ``model.path``, when set, is a folder;
-- prints the runs (tasks, methods, seeds; how many are already finished and will be skipped), their
-  count as the terms that make it, and a cost estimate: the training and evaluation sequences' tokens
-  (estimated from the words of the rows) times an assumed time per token for the model and device
-  (``SECONDS_PER_TOKEN``), printed as an assumption.
+- prints the runs (tasks, methods, seeds; how many are already finished and will be skipped, how many
+  resume from a checkpoint and cost only the steps after it), their count as the terms that make it,
+  and a cost estimate: the training and evaluation sequences' tokens (estimated from the words of the
+  rows) times an assumed time per token for the model and device (``SECONDS_PER_TOKEN``), printed as
+  an assumption.
 
 Exit status 1 with a one-line ``error:`` when a file is missing or the configuration is invalid.
 """
@@ -83,6 +84,7 @@ class PlannedRun:
     eval_tokens: int  # the evaluation sequences' estimated tokens
     done: bool  # already finished: dylora-run skips it
     r_max: int = 0  # the adapter's r_max (a rank search trains LoRA at several)
+    resumes_at: int = 0  # the step of its checkpoint: only the steps after it are left to train
 
 
 def compose_all(jobs: list[list[str]]) -> list[dict[str, Any]]:
@@ -165,6 +167,7 @@ def plan_run(config: dict[str, Any]) -> PlannedRun:
     from dylora import records
     from dylora.adapters import summed_ranks
     from dylora.spec import RunSpec
+    from dylora.train import checkpoint_step
 
     spec = RunSpec.from_dict(config)
     data, trainer = spec.data, spec.trainer
@@ -175,15 +178,17 @@ def plan_run(config: dict[str, Any]) -> PlannedRun:
         train_sequences = trainer.max_steps * per_step
     else:
         train_sequences = math.ceil(trainer.epochs * math.ceil(train.rows / per_step)) * per_step
-    train_sequences *= len(summed_ranks(spec.adapter) or [None])  # loss=sum: a pass per rank each step
     run_dir = records.run_dir_for(spec.out_dir, spec.config)  # as the runner names it: per-task values applied
     done = (run_dir / records.DONE).exists()
+    resumes_at = 0 if done else checkpoint_step(run_dir / records.CHECKPOINT)
+    train_sequences = max(train_sequences - resumes_at * per_step, 0)
+    train_sequences *= len(summed_ranks(spec.adapter) or [None])  # loss=sum: a pass per rank each step
     # a sweep per truncation, the first also at rank 0 (the adapter off), as the runner evaluates
     evaluated = 1 + len(spec.eval_ranks) * len(spec.truncations)
     eval_rows, eval_tokens = sum(e.rows for e in evals), sum(e.tokens for e in evals)
     return PlannedRun(spec.task.name, spec.method_name, spec.seed, train_sequences, eval_rows * evaluated,
                       round(train_sequences * train.tokens / train.rows), eval_tokens * evaluated, done,
-                      spec.adapter.r_max)
+                      spec.adapter.r_max, resumes_at)
 
 
 def measured_seconds_per_token(records_root: str | Path, glue_dir: str) -> tuple[float, float]:
@@ -194,7 +199,9 @@ def measured_seconds_per_token(records_root: str | Path, glue_dir: str) -> tuple
     runs = [r for r in iter_runs(records_root, weights=False) if r.done and "train_seconds" in r.env]
     if not runs:
         raise DataError(f"{records_root} holds no finished run with a measured time; point it at a records folder")
-    planned = [plan_run({**r.config, "data": {**r.config["data"], "glue_dir": glue_dir}}) for r in runs]
+    # out_dir: the records' own folder, where each is finished (its first out_dir may hold anything now)
+    planned = [plan_run({**r.config, "out_dir": str(records_root), "data": {**r.config["data"], "glue_dir": glue_dir}})
+               for r in runs]
     return (sum(r.env["train_seconds"] for r in runs) / sum(p.train_tokens for p in planned),
             sum(r.env["sweep_seconds"] for r in runs) / sum(p.eval_tokens for p in planned))
 
@@ -262,9 +269,12 @@ def describe(configs: list[dict[str, Any]], runs: list[PlannedRun]) -> str:
     glue_dir = first["data"]["glue_dir"]
     done = sum(r.done for r in runs)
     todo = [r for r in runs if not r.done]
+    part_done = sum(r.resumes_at > 0 for r in todo)
+    resuming = {0: "", 1: "; 1 resumes from its checkpoint"}.get(part_done,
+                                                                  f"; {part_done} resume from their checkpoints")
     lines = [
-        f"plan: experiment {first['experiment']}: {_plural(len(runs), 'run')} ({done} already finished, skipped) = "
-        f"{count_terms(runs)}",
+        f"plan: experiment {first['experiment']}: {_plural(len(runs), 'run')} ({done} already finished, skipped"
+        f"{resuming}) = {count_terms(runs)}",
         f"  tasks:   {', '.join(dict.fromkeys(r.task for r in runs))}",
         f"  methods: {', '.join(dict.fromkeys(r.method for r in runs))}",
         f"  seeds:   {', '.join(map(str, dict.fromkeys(r.seed for r in runs)))}",
