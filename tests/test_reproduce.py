@@ -49,13 +49,13 @@ def test_split_stats_count_the_rows_and_words_written(small_glue):
             examples = make_examples(task, split, n)
             assert (got.rows, got.tokens) == (n, _tokens(examples))
         first = reproduce.split_stats(task, str(small_glue), max_length=512, train_limit=5, eval_limit=3)
-        assert first == [reproduce.Split(n, _tokens(make_examples(task, split, m)[:n]))
-                         for split, n, m in (("train", 5, 40), ("validation", 3, 16))]
+        assert first == tuple(reproduce.Split(n, _tokens(make_examples(task, split, m)[:n]))
+                              for split, n, m in (("train", 5, 40), ("validation", 3, 16)))
     assert [s.rows for s in reproduce.split_stats("mnli", str(small_glue), 512)] == [40, 16, 16]  # matched, mismatched
     # the hub: the published sizes, and a row of the task's mean words
-    assert reproduce.split_stats("qqp", None, 128) == [reproduce.Split(363846, 363846 * 31),
-                                                       reproduce.Split(40430, 40430 * 31)]  # 22 words: 28 + 3
-    assert reproduce.split_stats("qqp", None, 16, 100, 10) == [reproduce.Split(100, 1600), reproduce.Split(10, 160)]
+    assert reproduce.split_stats("qqp", None, 128) == (reproduce.Split(363846, 363846 * 31),
+                                                       reproduce.Split(40430, 40430 * 31))  # 22 words: 28 + 3
+    assert reproduce.split_stats("qqp", None, 16, 100, 10) == (reproduce.Split(100, 1600), reproduce.Split(10, 160))
 
 
 def test_the_plan_counts_the_first_max_eval_samples_rows(small_glue, tmp_path):

@@ -274,7 +274,8 @@ def checkpoint_step(directory: Path) -> int:
     from the pointer's file name alone (load_checkpoint checks the file)."""
     try:
         name = json.loads((directory / POINTER).read_text())["file"]
-        return int(name.removeprefix("state-").removesuffix(".safetensors"))
+        prefix, suffix = STATE.split("{step}")
+        return int(name.removeprefix(prefix).removesuffix(suffix))
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return 0
 

@@ -22,6 +22,7 @@ Exit status 1 with a one-line ``error:`` when a file is missing or the configura
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 from collections import Counter
@@ -127,9 +128,15 @@ def check_inputs(configs: list[dict[str, Any]]) -> None:
         raise ConfigError(f"model.path={bad[0]} is not a folder; set MODEL_PATH to a local copy of the model")
 
 
+def words_to_tokens(words: float, max_length: int) -> int:
+    """A row's estimated tokens from its words (TOKENS_PER_WORD, SPECIAL_TOKENS), truncated at ``max_length`` as
+    the tokenizer does."""
+    return min(max_length, round(TOKENS_PER_WORD * words) + SPECIAL_TOKENS)
+
+
 def row_tokens(texts: tuple[str, ...], max_length: int) -> int:
-    """A row's estimated tokens (TOKENS_PER_WORD, SPECIAL_TOKENS), truncated at ``max_length`` as the tokenizer does."""
-    return min(max_length, round(TOKENS_PER_WORD * sum(len(t.split()) for t in texts)) + SPECIAL_TOKENS)
+    """A row's estimated tokens, from the words of its texts."""
+    return words_to_tokens(sum(len(t.split()) for t in texts), max_length)
 
 
 @dataclass(frozen=True)
@@ -138,8 +145,9 @@ class Split:
     tokens: int  # the rows' estimated tokens in all
 
 
+@functools.cache  # a sweep plans many runs of the same task: its files are read once
 def split_stats(task: str, glue_dir: str | None, max_length: int, train_limit: int | None = None,
-                eval_limit: int | None = None) -> list[Split]:
+                eval_limit: int | None = None) -> tuple[Split, ...]:
     """The training split, then each evaluation split, of ``task``: rows (the first ``train_limit`` or
     ``eval_limit``) and their estimated tokens, from the TSV files, or for the hub from its published sizes and
     GLUE_WORDS."""
@@ -149,18 +157,18 @@ def split_stats(task: str, glue_dir: str | None, max_length: int, train_limit: i
         raise ConfigError(f"task={task}: the reproduce plan counts GLUE tasks only ({', '.join(GLUE_TASKS)})")
     if glue_dir is None:
         n_train, n_evals = GLUE_SIZES[task]
-        per_row = min(max_length, round(TOKENS_PER_WORD * GLUE_WORDS[task]) + SPECIAL_TOKENS)
+        per_row = words_to_tokens(GLUE_WORDS[task], max_length)
         rows = [min(n_train, train_limit or n_train), *(min(n, eval_limit or n) for n in n_evals)]
-        return [Split(n, n * per_row) for n in rows]
+        return tuple(Split(n, n * per_row) for n in rows)
     spec = get_task(task)
     root = Path(glue_dir) / spec.dir_name
     splits = []
     for name, limit in (("train.tsv", train_limit), *((f, eval_limit) for f in spec.eval_files)):
-        tokens = [row_tokens(texts, max_length) for texts in tsv_texts(task, root / name)[:limit]]
+        tokens = [row_tokens(texts, max_length) for texts in tsv_texts(task, root / name, limit)]
         if not tokens:
             raise DataError(f"{root / name} has no data rows; it must hold at least one example")
         splits.append(Split(len(tokens), sum(tokens)))
-    return splits
+    return tuple(splits)
 
 
 def plan_run(config: dict[str, Any]) -> PlannedRun:

@@ -222,9 +222,10 @@ def _load_tsv_dir(spec: GlueTask, glue_dir: Path, limits: dict[str, int | None])
 # ---------------------------------------------------------------------------- TSV reading
 
 
-def tsv_texts(task: str, path: Path) -> list[tuple[str, ...]]:
-    """The text columns (text_a[, text_b]) of every row of one of ``task``'s GLUE TSV files."""
-    return [row[:-1] for row in _read_tsv(get_task(task), Path(path), None)]
+def tsv_texts(task: str, path: Path, limit: int | None = None) -> list[tuple[str, ...]]:
+    """The text columns (text_a[, text_b]) of the first ``limit`` rows (all when None) of one of ``task``'s GLUE
+    TSV files."""
+    return [row[:-1] for row in _read_tsv(get_task(task), Path(path), limit)]
 
 
 def _read_split(spec: GlueTask, path: Path, limit: int | None) -> datasets.Dataset:
